@@ -1,0 +1,200 @@
+// Package gateway is Cascade's HTTP front: an OpenAI-compatible API on fiber
+// that routes each request to a tier, relays the backend's answer and records
+// what it cost.
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/cascade-gateway/cascade/backends"
+	"github.com/cascade-gateway/cascade/config"
+	"github.com/cascade-gateway/cascade/costing"
+	"github.com/cascade-gateway/cascade/router"
+)
+
+// Options are the gateway's collaborators. Zero values are usable.
+type Options struct {
+	// Recorder receives one record per request that reached a backend.
+	// If nil, records are discarded.
+	Recorder costing.Recorder
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Gateway serves the API. Its configuration is an immutable snapshot swapped
+// atomically by Apply.
+type Gateway struct {
+	app      *fiber.App
+	snap     atomic.Pointer[snapshot]
+	registry *backends.Registry
+	opts     Options
+}
+
+// snapshot is everything a request needs, built once per configuration.
+type snapshot struct {
+	cfg    *config.Config
+	policy *router.Policy
+	pools  map[string]*backends.Pool
+	tiers  []string         // cheapest first
+	models map[string]route // every name a client may send as "model"
+	// modelList is the prebuilt /v1/models body.
+	modelList []byte
+}
+
+// route is what a model name means.
+type route struct {
+	auto bool   // let the cascade decide
+	tier string // pinned tier when !auto
+}
+
+// New builds a gateway for cfg.
+func New(cfg *config.Config, opts Options) (*Gateway, error) {
+	if opts.Recorder == nil {
+		opts.Recorder = costing.Nop{}
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	g := &Gateway{
+		registry: backends.NewRegistry(backends.NewClient(cfg.Timeouts)),
+		opts:     opts,
+	}
+	if err := g.Apply(cfg); err != nil {
+		return nil, err
+	}
+	g.app = fiber.New(fiber.Config{
+		BodyLimit:             cfg.MaxBodyBytes,
+		DisableStartupMessage: true,
+		ErrorHandler:          fiberErrorHandler,
+		ReadTimeout:           0,
+		IdleTimeout:           120 * time.Second,
+	})
+	g.routes()
+	return g, nil
+}
+
+// App returns the fiber app, for Listen or Test.
+func (g *Gateway) App() *fiber.App { return g.app }
+
+// Listen serves on addr until Shutdown.
+func (g *Gateway) Listen(addr string) error { return g.app.Listen(addr) }
+
+// Shutdown stops accepting requests and waits for in-flight ones (streams
+// included) until ctx ends.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	err := g.app.ShutdownWithContext(ctx)
+	g.registry.Client().CloseIdle()
+	return err
+}
+
+// Apply builds a complete snapshot from cfg and swaps it in; on any error the
+// running configuration stays. Endpoints unchanged by cfg keep their breakers
+// and load counters. In-flight requests finish on the snapshot they started with.
+func (g *Gateway) Apply(cfg *config.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	s := &snapshot{cfg: cfg, models: map[string]route{}}
+	for _, t := range cfg.Tiers {
+		s.tiers = append(s.tiers, t.Name)
+	}
+	p, err := router.Compile(cfg.Routing, s.tiers)
+	if err != nil {
+		return fmt.Errorf("routing: %w", err)
+	}
+	s.policy = p
+	s.models["auto"] = route{auto: true}
+	for _, a := range cfg.Routing.Aliases {
+		s.models[a] = route{auto: true}
+	}
+	for _, t := range cfg.Tiers {
+		s.models[t.Name] = route{tier: t.Name}
+		for _, e := range t.Endpoints {
+			if _, taken := s.models[e.Model]; !taken {
+				s.models[e.Model] = route{tier: t.Name}
+			}
+		}
+	}
+	s.modelList = buildModelList(s.models, g.now())
+	s.pools = g.registry.Pools(cfg)
+	g.snap.Store(s)
+	return nil
+}
+
+func (g *Gateway) now() time.Time {
+	if g.opts.Now == nil {
+		return time.Now()
+	}
+	return g.opts.Now()
+}
+
+func buildModelList(models map[string]route, now time.Time) []byte {
+	names := make([]string, 0, len(models))
+	for n := range models {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	list := struct {
+		Object string  `json:"object"`
+		Data   []model `json:"data"`
+	}{Object: "list"}
+	for _, n := range names {
+		owner := "cascade"
+		if r := models[n]; !r.auto {
+			owner = "cascade:" + r.tier
+		}
+		list.Data = append(list.Data, model{ID: n, Object: "model", Created: now.Unix(), OwnedBy: owner})
+	}
+	b, _ := json.Marshal(list)
+	return b
+}
+
+func (g *Gateway) routes() {
+	g.app.Use(g.requestID)
+	g.app.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok") })
+	g.app.Get("/readyz", g.ready)
+	g.app.Get("/v1/models", func(c *fiber.Ctx) error {
+		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+		return c.Send(g.snap.Load().modelList)
+	})
+	g.app.Post("/v1/chat/completions", func(c *fiber.Ctx) error { return g.complete(c, true) })
+	g.app.Post("/v1/completions", func(c *fiber.Ctx) error { return g.complete(c, false) })
+	g.app.Use(func(c *fiber.Ctx) error {
+		return writeError(c, &apiError{Status: 404, Type: "invalid_request_error", Code: "not_found",
+			Message: fmt.Sprintf("no route %s %s; the API serves /v1/chat/completions, /v1/completions and /v1/models", c.Method(), c.Path())})
+	})
+}
+
+// ready answers 200 when every tier has at least one endpoint whose breaker
+// is not open.
+func (g *Gateway) ready(c *fiber.Ctx) error {
+	s := g.snap.Load()
+	for _, t := range s.tiers {
+		ok := false
+		for _, e := range s.pools[t].Endpoints {
+			if e.Available() {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return writeError(c, &apiError{Status: 503, Type: "service_unavailable", Code: "tier_unavailable",
+				Message: fmt.Sprintf("tier %q has no available endpoint", t)})
+		}
+	}
+	return c.SendString("ready")
+}
+

@@ -1,0 +1,320 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
+
+	"github.com/cascade-gateway/cascade/backends"
+	"github.com/cascade-gateway/cascade/costing"
+	"github.com/cascade-gateway/cascade/router"
+)
+
+const (
+	headerRequestID = "X-Request-Id"
+	headerTier      = "X-Cascade-Tier"
+	headerModel     = "X-Cascade-Model"
+	headerScore     = "X-Cascade-Score"
+	headerEscalated = "X-Cascade-Escalated"
+	headerDegraded  = "X-Cascade-Degraded"
+)
+
+// maxResponseBytes bounds a non-streaming upstream answer held in memory.
+const maxResponseBytes = 64 << 20
+
+func (g *Gateway) requestID(c *fiber.Ctx) error {
+	id := c.Get(headerRequestID)
+	if id == "" || len(id) > 128 {
+		id = newRequestID()
+	} else {
+		id = string([]byte(id)) // outlives the fiber context
+	}
+	c.Locals(headerRequestID, id)
+	c.Set(headerRequestID, id)
+	return c.Next()
+}
+
+func newRequestID() string {
+	var b [16]byte
+	for i := 0; i < 16; i += 8 {
+		v := rand.Uint64()
+		for j := 0; j < 8; j++ {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// complete serves /v1/chat/completions (chat) and /v1/completions.
+func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
+	start := g.now()
+	s := g.snap.Load() // one snapshot for the whole request
+	body := c.Body()
+	req, err := parseRequest(body, chat)
+	if err != nil {
+		return writeError(c, err)
+	}
+	rt, ok := s.models[req.Model]
+	if !ok {
+		return writeError(c, &apiError{Status: 404, Type: "invalid_request_error", Code: "model_not_found", Param: "model",
+			Message: "The model '" + req.Model + "' does not exist. Use \"auto\", an alias, a tier or a model listed by GET /v1/models."})
+	}
+	var dec router.Decision
+	if rt.auto {
+		dec = s.policy.Decide(&req.Input)
+	} else {
+		dec.Tier = rt.tier
+	}
+	reason := "false"
+	if dec.Escalated {
+		reason = "score"
+	}
+
+	path := "/completions"
+	if chat {
+		path = "/chat/completions"
+	}
+	clientWantsUsage := gjson.GetBytes(body, "stream_options.include_usage").Bool()
+	up := &backends.Request{Path: path, Header: http.Header{headerRequestID: {c.Locals(headerRequestID).(string)}},
+		Body: upstreamBody(body, req.Stream)}
+
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeouts.Total)
+	var resp *backends.Response
+	tier := dec.Tier
+	for i, t := range s.tryOrder(dec.Tier) {
+		resp, err = s.pools[t].Send(ctx, g.registry.Client(), up, s.cfg.Retries)
+		if err == nil {
+			tier = t
+			if i > 0 {
+				reason = "fallback"
+			}
+			break
+		}
+		if !errors.Is(err, backends.ErrUnavailable) && !errors.Is(err, backends.ErrTimeout) {
+			break
+		}
+	}
+	rec := costing.Record{
+		Time: start, RequestID: up.Header.Get(headerRequestID), Tier: tier, Stream: req.Stream,
+		Escalated: reason != "false", Reason: reasonOrEmpty(reason), Score: dec.Score,
+	}
+	if err != nil {
+		cancel()
+		rec.Latency = g.now().Sub(start)
+		rec.Status = costing.StatusUpstreamError
+		if errors.Is(err, backends.ErrTimeout) {
+			rec.Status = costing.StatusTimeout
+		}
+		g.opts.Recorder.Record(rec)
+		return writeError(c, err)
+	}
+	rec.Model, rec.Endpoint = resp.Endpoint.Model, resp.Endpoint.URL
+
+	c.Set(headerTier, tier)
+	c.Set(headerModel, resp.Endpoint.Model)
+	c.Set(headerScore, strconv.FormatFloat(dec.Score, 'f', 4, 64))
+	c.Set(headerEscalated, reason)
+	if s.cheaper(tier, dec.Tier) {
+		c.Set(headerDegraded, "true")
+	}
+	promptChars := 0
+	for _, m := range req.Messages {
+		promptChars += len(m.Content)
+	}
+
+	if !req.Stream {
+		data, rerr := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+		resp.Finish(rerr)
+		cancel()
+		rec.Latency = g.now().Sub(start)
+		rec.TTFT = rec.Latency
+		if rerr != nil {
+			rec.Status = costing.StatusUpstreamError
+			g.opts.Recorder.Record(rec)
+			return writeError(c, &apiError{Status: 502, Type: "upstream_error", Code: "upstream_broken",
+				Message: "the model backend's answer broke off: " + rerr.Error()})
+		}
+		u := backends.ParseUsage(data)
+		setTokens(&rec, u, promptChars, len(jsonString(data, "choices.0.message.content"))+len(jsonString(data, "choices.0.text")))
+		g.opts.Recorder.Record(rec)
+		c.Status(resp.StatusCode)
+		c.Set(fiber.HeaderContentType, resp.Header.Get(fiber.HeaderContentType))
+		return c.Send(data)
+	}
+
+	c.Status(http.StatusOK)
+	c.Set(fiber.HeaderContentType, "text/event-stream")
+	c.Set(fiber.HeaderCacheControl, "no-cache")
+	c.Set("X-Accel-Buffering", "no")
+	idle := s.cfg.Timeouts.StreamIdle
+	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		g.relay(ctx, cancel, resp, w, relayState{rec: rec, start: start, idle: idle,
+			promptChars: promptChars, keepUsage: clientWantsUsage})
+	})
+	return nil
+}
+
+func reasonOrEmpty(r string) string {
+	if r == "false" {
+		return ""
+	}
+	return r
+}
+
+// upstreamBody returns a builder of the bytes sent to an endpoint: the
+// client's body with only the model name replaced and, for streams, usage
+// requested in the final chunk. Bodies are built once per model name.
+func upstreamBody(body []byte, stream bool) func(*backends.Endpoint) []byte {
+	var lastModel string
+	var last []byte
+	return func(e *backends.Endpoint) []byte {
+		if last != nil && e.Model == lastModel {
+			return last
+		}
+		b, err := sjson.SetBytes(body, "model", e.Model)
+		if err == nil && stream {
+			b, err = sjson.SetBytes(b, "stream_options.include_usage", true)
+		}
+		if err != nil { // cannot happen on a body that parsed
+			b = body
+		}
+		lastModel, last = e.Model, b
+		return b
+	}
+}
+
+// tryOrder is the tier and the tiers it may fall back to, in order.
+func (s *snapshot) tryOrder(tier string) []string {
+	idx := 0
+	for i, t := range s.tiers {
+		if t == tier {
+			idx = i
+		}
+	}
+	order := make([]string, 0, len(s.tiers))
+	order = append(order, tier)
+	if idx < len(s.tiers)-1 && boolOr(s.cfg.Fallback.SmallToLarge, true) {
+		order = append(order, s.tiers[idx+1:]...)
+	}
+	if idx > 0 && boolOr(s.cfg.Fallback.LargeToSmall, true) {
+		for i := idx - 1; i >= 0; i-- {
+			order = append(order, s.tiers[i])
+		}
+	}
+	return order
+}
+
+// cheaper reports whether tier a comes before tier b (is less capable).
+func (s *snapshot) cheaper(a, b string) bool {
+	ia, ib := -1, -1
+	for i, t := range s.tiers {
+		if t == a {
+			ia = i
+		}
+		if t == b {
+			ib = i
+		}
+	}
+	return ia < ib
+}
+
+func boolOr(b *bool, def bool) bool {
+	if b == nil {
+		return def
+	}
+	return *b
+}
+
+// setTokens fills token counts from usage, or estimates them (4 bytes a token)
+// when the backend reported none.
+func setTokens(rec *costing.Record, u backends.Usage, promptChars, outChars int) {
+	if u.Reported {
+		rec.InputTokens, rec.OutputTokens = u.InputTokens, u.OutputTokens
+		return
+	}
+	rec.Estimated = true
+	rec.InputTokens = (promptChars + 3) / 4
+	rec.OutputTokens = (outChars + 3) / 4
+}
+
+type relayState struct {
+	rec         costing.Record
+	start       time.Time
+	idle        time.Duration
+	promptChars int
+	keepUsage   bool
+}
+
+// relay copies the upstream SSE stream to the client event by event. It runs
+// after the handler returned, on fasthttp's stream writer.
+func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, resp *backends.Response, w *bufio.Writer, st relayState) {
+	defer cancel()
+	var idleFired atomic.Bool
+	idle := time.AfterFunc(st.idle, func() { idleFired.Store(true); cancel() })
+	defer idle.Stop()
+	sc := backends.NewStreamScanner(resp.Body)
+	rec := st.rec
+	rec.Status = costing.StatusOK
+	var outcome error
+	first := true
+	for {
+		line, err := sc.Next()
+		if len(line) > 0 {
+			idle.Reset(st.idle)
+			if first {
+				rec.TTFT = g.now().Sub(st.start)
+				first = false
+			}
+			if st.keepUsage || !sc.UsageOnly {
+				w.Write(line)
+			}
+			if line[0] == '\n' || line[0] == '\r' { // end of an event
+				if ferr := w.Flush(); ferr != nil {
+					rec.Status = costing.StatusClientCancelled
+					outcome = context.Canceled
+					cancel() // stop the GPU working for nobody
+					break
+				}
+			}
+		}
+		if err == nil {
+			continue
+		}
+		if err == io.EOF && sc.Done {
+			break
+		}
+		// The upstream broke off mid-stream: tell the client instead of
+		// ending a 200 that looks complete.
+		msg := "the model backend's stream broke off before it finished"
+		rec.Status, outcome = costing.StatusUpstreamError, errStreamBroken
+		if idleFired.Load() {
+			msg = "the model backend sent nothing for longer than timeouts.stream_idle"
+			rec.Status, outcome = costing.StatusTimeout, backends.ErrTimeout
+		} else if ctx.Err() != nil {
+			msg = "the request exceeded timeouts.total"
+			rec.Status, outcome = costing.StatusTimeout, backends.ErrTimeout
+		}
+		w.WriteString("data: ")
+		w.Write(errorBody(&apiError{Type: "upstream_error", Code: "stream_interrupted", Message: msg}))
+		w.WriteString("\n\n")
+		w.Flush()
+		break
+	}
+	resp.Finish(outcome)
+	rec.Latency = g.now().Sub(st.start)
+	setTokens(&rec, sc.Usage, st.promptChars, sc.Chunks*4)
+	g.opts.Recorder.Record(rec)
+}
+
+var errStreamBroken = errors.New("upstream stream broke off")
