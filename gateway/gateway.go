@@ -197,4 +197,3 @@ func (g *Gateway) ready(c *fiber.Ctx) error {
 	}
 	return c.SendString("ready")
 }
-
