@@ -220,29 +220,39 @@ func (s *Server) respond(w http.ResponseWriter, g *gen, kv *int64) {
 }
 
 // stream produces an SSE answer, one event per token. Headers go out with
-// the first token, so a slow start looks like a slow first byte.
+// the first token, so a slow start looks like a slow first byte. Events are
+// flushed whenever the next one is not due at once (and at the end): with
+// ITL > 0 that is after every token, while with no latency a whole answer
+// costs one write instead of one per token.
 func (s *Server) stream(w http.ResponseWriter, g *gen, closeAfter int, kv *int64) {
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h["Content-Type"] = sseContentType
 	h["Cache-Control"] = noCache
 	bp := getBuf()
-	b := (*bp)[:0]
+	b := (*bp)[:0] // events not yet written
+	defer func() { putBuf(bp, b) }()
 	var head [192]byte
 	prefix := s.appendHead(head[:0], g, true)
 	offset := 0 // of the token in the text, for completions logprobs
 
-	send := func(b []byte) bool {
-		if _, err := w.Write(b); err != nil {
-			return false
+	flush := func() bool {
+		if len(b) == 0 {
+			return true
 		}
-		return rc.Flush() == nil
+		_, err := w.Write(b)
+		b = b[:0]
+		return err == nil && rc.Flush() == nil
 	}
 
 	for i := 0; i < g.tokens; i++ {
 		d := s.cfg.ITL
 		if i == 0 {
 			d = s.cfg.TTFT + s.cfg.SlowStart
+		}
+		if d > 0 && !flush() {
+			s.cancelled.Add(1)
+			return
 		}
 		if !s.wait(g, d) {
 			s.abandon(g.ctx)
@@ -252,50 +262,23 @@ func (s *Server) stream(w http.ResponseWriter, g *gen, closeAfter int, kv *int64
 			w.WriteHeader(http.StatusOK)
 			s.ttft.observe(time.Since(g.arrival))
 		}
-		tok := g.token(i)
-		b = append(b[:0], "data: "...)
-		b = append(b, prefix...)
-		b = append(b, `[{"index":0,`...)
-		if g.chat {
-			if i == 0 {
-				b = append(b, `"delta":{"role":"assistant","content":"`...)
-			} else {
-				b = append(b, `"delta":{"content":"`...)
-			}
-			b = append(b, tok...)
-			b = append(b, `"},"logprobs":`...)
-		} else {
-			b = append(b, `"text":"`...)
-			b = append(b, tok...)
-			b = append(b, `","logprobs":`...)
-		}
-		if g.logprobs {
-			b = g.appendLogprobs(b, i, i+1, offset)
-		} else {
-			b = append(b, "null"...)
-		}
-		b = append(b, `,"finish_reason":null}]}`+"\n\n"...)
-		offset += len(tok)
-		ok := send(b)
+		b = g.appendTokenEvent(b, prefix, i, offset)
+		offset += len(g.token(i))
 		s.generationTokens.Add(1)
 		s.kvInUse.Add(1)
 		*kv++
-		if !ok {
-			putBuf(bp, b)
-			s.cancelled.Add(1)
-			return
-		}
 		if closeAfter > 0 && (i+1 == closeAfter || i+1 == g.tokens) {
-			putBuf(bp, b)
+			flush()
 			s.errors.Add(1)
 			panic(http.ErrAbortHandler) // cut the connection: no finish, no [DONE]
 		}
-	}
-	if g.tokens == 0 { // unreachable with max_tokens >= 1; keep the stream well-formed anyway
-		w.WriteHeader(http.StatusOK)
+		if len(b) >= 16<<10 && !flush() {
+			s.cancelled.Add(1)
+			return
+		}
 	}
 
-	b = append(b[:0], "data: "...)
+	b = append(b, "data: "...)
 	b = append(b, prefix...)
 	if g.chat {
 		b = append(b, `[{"index":0,"delta":{},"logprobs":null,"finish_reason":"`...)
@@ -304,17 +287,15 @@ func (s *Server) stream(w http.ResponseWriter, g *gen, closeAfter int, kv *int64
 	}
 	b = append(b, g.finish...)
 	b = append(b, `"}]}`+"\n\n"...)
-	ok := send(b)
-	if ok && g.includeUsage {
-		b = append(b[:0], "data: "...)
+	if g.includeUsage {
+		b = append(b, "data: "...)
 		b = append(b, prefix...)
 		b = append(b, `[],"usage":`...)
 		b = g.appendUsage(b)
 		b = append(b, "}\n\n"...)
-		ok = send(b)
 	}
-	putBuf(bp, b)
-	if !ok || !send(doneEvent) {
+	b = append(b, "data: [DONE]\n\n"...)
+	if !flush() {
 		s.cancelled.Add(1)
 		return
 	}
@@ -322,7 +303,32 @@ func (s *Server) stream(w http.ResponseWriter, g *gen, closeAfter int, kv *int64
 	s.e2e.observe(time.Since(g.arrival))
 }
 
-var doneEvent = []byte("data: [DONE]\n\n")
+// appendTokenEvent appends the SSE event carrying token i.
+func (g *gen) appendTokenEvent(b, prefix []byte, i, offset int) []byte {
+	tok := g.token(i)
+	b = append(b, "data: "...)
+	b = append(b, prefix...)
+	b = append(b, `[{"index":0,`...)
+	if g.chat {
+		if i == 0 {
+			b = append(b, `"delta":{"role":"assistant","content":"`...)
+		} else {
+			b = append(b, `"delta":{"content":"`...)
+		}
+		b = append(b, tok...)
+		b = append(b, `"},"logprobs":`...)
+	} else {
+		b = append(b, `"text":"`...)
+		b = append(b, tok...)
+		b = append(b, `","logprobs":`...)
+	}
+	if g.logprobs {
+		b = g.appendLogprobs(b, i, i+1, offset)
+	} else {
+		b = append(b, "null"...)
+	}
+	return append(b, `,"finish_reason":null}]}`+"\n\n"...)
+}
 
 // appendHead appends the reply's fields up to and including `"choices":`.
 func (s *Server) appendHead(b []byte, g *gen, chunk bool) []byte {

@@ -819,3 +819,87 @@ func TestJSONEscaping(t *testing.T) {
 		}
 	}
 }
+
+// TestLatency checks lower bounds only: timers never fire early, while a
+// busy machine may make anything late.
+func TestLatency(t *testing.T) {
+	const ttft, itl, slow = 30 * time.Millisecond, 5 * time.Millisecond, 20 * time.Millisecond
+	s, url := newTestServer(t, Config{TTFT: ttft, ITL: itl, SlowStart: slow, MinTokens: 10, MaxTokens: 10})
+	start := time.Now()
+	complete(t, url+"/v1/chat/completions", chatBody("p", ""))
+	if d := time.Since(start); d < ttft+slow+9*itl {
+		t.Errorf("non-streaming answer after %v, want at least %v", d, ttft+slow+9*itl)
+	}
+
+	start = time.Now()
+	resp := post(t, context.Background(), url+"/v1/chat/completions", chatBody("p", `,"stream":true`))
+	defer resp.Body.Close()
+	first := time.Since(start) // headers come with the first token
+	events, err := readEvents(resp.Body)
+	if err != nil || len(events) != 12 {
+		t.Fatalf("events %q, err %v", events, err)
+	}
+	if first < ttft+slow {
+		t.Errorf("first byte after %v, want at least %v", first, ttft+slow)
+	}
+	if d := time.Since(start); d < ttft+slow+9*itl {
+		t.Errorf("stream done after %v, want at least %v", d, ttft+slow+9*itl)
+	}
+	m := metrics(t, url)
+	// Both TTFTs were at least 50ms: none may fall in the 40ms bucket.
+	if !strings.Contains(m, `vllm:time_to_first_token_seconds_bucket{model_name="sim",le="0.04"} 0`+"\n") ||
+		!strings.Contains(m, `vllm:time_to_first_token_seconds_count{model_name="sim"} 2`+"\n") {
+		t.Errorf("TTFT histogram:\n%s", m)
+	}
+	if st := s.Stats(); st.Completed != 2 {
+		t.Errorf("stats = %+v", st)
+	}
+}
+
+// TestConcurrentFaultChanges runs requests while faults change, for the
+// race detector, and checks every request is accounted for once.
+func TestConcurrentFaultChanges(t *testing.T) {
+	s, url := newTestServer(t, Config{Seed: 42})
+	const workers, perWorker = 4, 25
+	done := make(chan struct{})
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			s.SetFaults(float64(i%3)/4, 500+i%4, 0, 0)
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := range perWorker {
+				body := chatBody("worker "+itoa(int64(w))+" request "+itoa(int64(i)), `,"max_tokens":8`)
+				if i%2 == 1 {
+					body = chatBody("p", `,"max_tokens":8,"stream":true`)
+				}
+				resp, err := http.Post(url+"/v1/chat/completions", "application/json", strings.NewReader(body))
+				if err != nil {
+					errs <- err
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	close(done)
+	st := s.Stats()
+	if st.Requests != workers*perWorker || st.Completed+st.Errors != st.Requests || st.Running != 0 || st.Waiting != 0 {
+		t.Errorf("stats = %+v", st)
+	}
+}
