@@ -15,7 +15,8 @@ import (
 const maxBodyBytes = 8 << 20
 
 // request is the part of an OpenAI request the simulator reads; everything
-// else (temperature, tools, ...) is accepted and ignored.
+// else (temperature, tools, stop, n, ...) is accepted and ignored: there is
+// always exactly one choice.
 type request struct {
 	Model               string    `json:"model"`
 	Messages            []message `json:"messages"`

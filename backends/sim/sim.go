@@ -33,12 +33,13 @@ type Config struct {
 	MinTokens, MaxTokens int
 
 	// ErrorRate is the share (0..1) of completion requests answered at once
-	// with ErrorStatus in OpenAI's error shape.
+	// (before waiting for a slot) with ErrorStatus in OpenAI's error shape.
 	ErrorRate float64
 	// ErrorStatus is the status of injected errors. If zero, 500.
 	ErrorStatus int
 	// HangRate is the share (0..1) of completion requests that never answer
-	// until the client goes away (or Close is called).
+	// until the client goes away (or Close is called). A hanging request
+	// holds its running slot, like a stuck generation would.
 	HangRate float64
 	// CloseAfter, when > 0, cuts every stream after this many tokens (or
 	// after the last token if the answer is shorter): the connection is
