@@ -31,12 +31,19 @@ type Config struct {
 	Breaker  Breaker  `yaml:"breaker"`
 	Redis    Redis    `yaml:"redis"`
 	Admin    Admin    `yaml:"admin"`
+	// Recorder tunes the asynchronous request recorder (Redis).
+	Recorder  Recorder  `yaml:"recorder"`
+	Telemetry Telemetry `yaml:"telemetry"`
+	// Scrape reads each endpoint's Prometheus /metrics for its load.
+	Scrape Scrape `yaml:"scrape"`
 }
 
 // Tier is a pool of interchangeable OpenAI-compatible endpoints.
 type Tier struct {
 	Name      string     `yaml:"name"`
 	Endpoints []Endpoint `yaml:"endpoints"`
+	// Cost prices the tier's tokens in dollars and energy; see cost.go.
+	Cost Cost `yaml:"cost"`
 }
 
 // Endpoint is one upstream model server.
@@ -64,9 +71,57 @@ func (e Endpoint) APIKey() string {
 type Routing struct {
 	// Threshold: a score at or above it escalates. Default 0.5.
 	Threshold float64 `yaml:"threshold"`
-	// Aliases are extra model names that mean "let the cascade decide".
-	// "auto" is always one.
-	Aliases []string `yaml:"aliases"`
+	// TargetEscalationRate, when above 0, replaces the fixed threshold: the
+	// threshold follows the recent score distribution so that about this share
+	// of requests escalates. Within (0, 1).
+	TargetEscalationRate float64 `yaml:"target_escalation_rate"`
+	// Calibration tunes the target-rate mode.
+	Calibration Calibration `yaml:"calibration"`
+	// Scorer is "learned" (default: the model built into the binary, or
+	// ModelFile) or "length" (prompt length only, a baseline).
+	Scorer string `yaml:"scorer"`
+	// ModelFile replaces the built-in learned model (written by cascade train).
+	ModelFile string `yaml:"model_file"`
+	// AllowTierHeader lets a client pin a tier with the X-Cascade-Tier header.
+	AllowTierHeader bool `yaml:"allow_tier_header"`
+	// Aliases are extra model names that let the cascade decide, each with its
+	// own policy. "auto" is always one. A plain string is an alias with mode auto.
+	Aliases []Alias `yaml:"aliases"`
+}
+
+// Calibration tunes how the threshold tracks a target escalation rate.
+type Calibration struct {
+	// Window is how many recent scores the threshold is computed from.
+	// Default 10000.
+	Window int `yaml:"window"`
+	// Shared merges the score histograms of all gateways using the same Redis
+	// and prefix, so a fleet holds the target together. Default true when
+	// redis.url is set.
+	Shared *bool `yaml:"shared"`
+	// SyncEvery is how often a gateway exchanges its histogram through Redis.
+	// Default 1s.
+	SyncEvery time.Duration `yaml:"sync_every"`
+}
+
+// Alias is a model name with its own routing policy.
+type Alias struct {
+	Name string `yaml:"name"`
+	// Mode is "auto" (the cascade decides; default), "never" (never escalates:
+	// serves on the cheapest tier) or "always" (always on the most capable).
+	Mode string `yaml:"mode"`
+	// Threshold, if set, overrides routing.threshold for this alias (mode auto,
+	// fixed-threshold routing only).
+	Threshold *float64 `yaml:"threshold"`
+}
+
+// UnmarshalYAML accepts a plain string as an alias with mode auto.
+func (a *Alias) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		a.Name = n.Value
+		return nil
+	}
+	type plain Alias
+	return n.Decode((*plain)(a))
 }
 
 // Fallback says whether a request may move to another tier when its own tier
@@ -108,6 +163,59 @@ type Redis struct {
 // bearer token; with none set the admin API answers 401 to everyone.
 type Admin struct {
 	TokenEnv string `yaml:"token_env"`
+	// Listen, if set, serves /admin/*, /dashboard and /metrics on a separate
+	// address instead of the API's.
+	Listen string `yaml:"listen"`
+}
+
+// Token returns the admin bearer token from the environment, or "".
+func (a Admin) Token() string {
+	if a.TokenEnv == "" {
+		return ""
+	}
+	return os.Getenv(a.TokenEnv)
+}
+
+// Recorder tunes the asynchronous Redis recorder. Zero fields take defaults.
+type Recorder struct {
+	// QueueSize bounds records waiting for Redis; beyond it records are
+	// dropped and counted. Default 65536.
+	QueueSize int `yaml:"queue_size"`
+	// FlushInterval is the longest a record waits before a flush. Default 200ms.
+	FlushInterval time.Duration `yaml:"flush_interval"`
+	// BatchSize flushes early when this many records are waiting. Default 512.
+	BatchSize int `yaml:"batch_size"`
+	// StreamMaxLen caps each per-day request stream (approximate). Default 1000000.
+	StreamMaxLen int64 `yaml:"stream_max_len"`
+	// Retention is how long streams and rollups are kept. Default 720h (30 days).
+	Retention time.Duration `yaml:"retention"`
+}
+
+// Telemetry configures OpenTelemetry. The standard OTEL_EXPORTER_OTLP_*
+// environment variables apply as well.
+type Telemetry struct {
+	// ServiceName is the resource's service.name. Default "cascade".
+	ServiceName string `yaml:"service_name"`
+	// OTLPEndpoint (host:port or URL) turns on OTLP export of traces and
+	// metrics; empty means OTEL_EXPORTER_OTLP_ENDPOINT, if set, else none.
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	// OTLPProtocol is "grpc" (default) or "http/protobuf".
+	OTLPProtocol string `yaml:"otlp_protocol"`
+	// SampleRatio is the share of traces sampled (parent-based). Default 1.
+	SampleRatio *float64 `yaml:"sample_ratio"`
+	// CaptureContent records prompt and answer text on spans. Default false.
+	CaptureContent bool `yaml:"capture_content"`
+	// Prometheus serves GET /metrics. Default true.
+	Prometheus *bool `yaml:"prometheus"`
+}
+
+// Scrape reads backends' Prometheus metrics (vLLM, TGI, llama.cpp) for their
+// queue depth, off the request path.
+type Scrape struct {
+	// Interval between scrapes of each endpoint. Default 5s; negative disables.
+	Interval time.Duration `yaml:"interval"`
+	// Path is the metrics path relative to the endpoint's host. Default /metrics.
+	Path string `yaml:"path"`
 }
 
 // Bool returns *b, or def when b is nil.
@@ -133,6 +241,10 @@ func Default() Config {
 		Retries: 2,
 		Breaker: Breaker{ConsecutiveFailures: 5, OpenFor: 10 * time.Second, HalfOpenRequests: 1},
 		Redis:   Redis{Prefix: "cascade:"},
+		Recorder: Recorder{QueueSize: 65536, FlushInterval: 200 * time.Millisecond, BatchSize: 512,
+			StreamMaxLen: 1_000_000, Retention: 30 * 24 * time.Hour},
+		Telemetry: Telemetry{ServiceName: "cascade", OTLPProtocol: "grpc"},
+		Scrape:    Scrape{Interval: 5 * time.Second, Path: "/metrics"},
 	}
 }
 
@@ -175,6 +287,15 @@ func (c *Config) fill() {
 	}
 	if c.Redis.Prefix == "" {
 		c.Redis.Prefix = "cascade:"
+	}
+	if c.Routing.Calibration.Window == 0 {
+		c.Routing.Calibration.Window = 10000
+	}
+	if c.Routing.Calibration.SyncEvery == 0 {
+		c.Routing.Calibration.SyncEvery = time.Second
+	}
+	if c.Scrape.Path == "" {
+		c.Scrape.Path = "/metrics"
 	}
 }
 
@@ -229,16 +350,61 @@ func (c *Config) Validate() error {
 	}
 	for i, a := range c.Routing.Aliases {
 		f := fmt.Sprintf("routing.aliases[%d]", i)
-		if strings.TrimSpace(a) == "" {
-			bad(f, "must not be empty")
-		} else if prev, dup := names[a]; dup && a != "auto" {
-			bad(f, "%q is already used as a %s", a, prev)
+		if strings.TrimSpace(a.Name) == "" {
+			bad(f+".name", "must not be empty")
+		} else if prev, dup := names[a.Name]; dup && a.Name != "auto" {
+			bad(f+".name", "%q is already used as a %s", a.Name, prev)
 		} else {
-			names[a] = "routing alias"
+			names[a.Name] = "routing alias"
+		}
+		switch a.Mode {
+		case "", "auto", "never", "always":
+		default:
+			bad(f+".mode", "must be auto, never or always, got %q", a.Mode)
+		}
+		if a.Threshold != nil && (*a.Threshold < 0 || *a.Threshold > 1) {
+			bad(f+".threshold", "must be within [0, 1], got %g", *a.Threshold)
 		}
 	}
 	if c.Routing.Threshold < 0 || c.Routing.Threshold > 1 {
 		bad("routing.threshold", "must be within [0, 1], got %g", c.Routing.Threshold)
+	}
+	if r := c.Routing.TargetEscalationRate; r < 0 || r >= 1 {
+		bad("routing.target_escalation_rate", "must be within (0, 1), or 0 for a fixed threshold; got %g", r)
+	}
+	if c.Routing.Calibration.Window < 0 {
+		bad("routing.calibration.window", "must not be negative, got %d", c.Routing.Calibration.Window)
+	}
+	switch c.Routing.Scorer {
+	case "", "learned", "length":
+	default:
+		bad("routing.scorer", "must be learned or length, got %q", c.Routing.Scorer)
+	}
+	for i, t := range c.Tiers {
+		c.validateCost(fmt.Sprintf("tiers[%d].cost", i), t.Cost, bad)
+	}
+	if c.Recorder.QueueSize <= 0 {
+		bad("recorder.queue_size", "must be positive, got %d", c.Recorder.QueueSize)
+	}
+	if c.Recorder.BatchSize <= 0 {
+		bad("recorder.batch_size", "must be positive, got %d", c.Recorder.BatchSize)
+	}
+	if c.Recorder.FlushInterval <= 0 {
+		bad("recorder.flush_interval", "must be a positive duration, got %v", c.Recorder.FlushInterval)
+	}
+	if c.Recorder.Retention <= 0 {
+		bad("recorder.retention", "must be a positive duration, got %v", c.Recorder.Retention)
+	}
+	switch c.Telemetry.OTLPProtocol {
+	case "", "grpc", "http/protobuf":
+	default:
+		bad("telemetry.otlp_protocol", "must be grpc or http/protobuf, got %q", c.Telemetry.OTLPProtocol)
+	}
+	if r := c.Telemetry.SampleRatio; r != nil && (*r < 0 || *r > 1) {
+		bad("telemetry.sample_ratio", "must be within [0, 1], got %g", *r)
+	}
+	if c.Scrape.Path != "" && !strings.HasPrefix(c.Scrape.Path, "/") {
+		bad("scrape.path", "must start with /, got %q", c.Scrape.Path)
 	}
 	if c.Retries < 0 || c.Retries > 10 {
 		bad("retries", "must be within [0, 10], got %d", c.Retries)

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/cascade-gateway/cascade/config"
 )
 
 func TestBadInputs(t *testing.T) {
@@ -79,7 +81,7 @@ func TestBadInputs(t *testing.T) {
 
 func TestModelsList(t *testing.T) {
 	cfg := testConfig(t, []string{"http://127.0.0.1:1/v1"}, []string{"http://127.0.0.1:1/v1"})
-	cfg.Routing.Aliases = []string{"cheap-or-best"}
+	cfg.Routing.Aliases = []config.Alias{{Name: "cheap-or-best"}}
 	_, base := startGateway(t, cfg, Options{})
 	resp, err := http.Get(base + "/v1/models")
 	if err != nil {

@@ -112,7 +112,7 @@ func (g *Gateway) Apply(cfg *config.Config) error {
 	s.policy = p
 	s.models["auto"] = route{auto: true}
 	for _, a := range cfg.Routing.Aliases {
-		s.models[a] = route{auto: true}
+		s.models[a.Name] = route{auto: true}
 	}
 	for _, t := range cfg.Tiers {
 		s.models[t.Name] = route{tier: t.Name}

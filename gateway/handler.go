@@ -116,7 +116,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 		if errors.Is(err, backends.ErrTimeout) {
 			rec.Status = costing.StatusTimeout
 		}
-		g.opts.Recorder.Record(rec)
+		g.finish(s, &rec)
 		return writeError(c, err)
 	}
 	rec.Model, rec.Endpoint = resp.Endpoint.Model, resp.Endpoint.URL
@@ -141,13 +141,13 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 		rec.TTFT = rec.Latency
 		if rerr != nil {
 			rec.Status = costing.StatusUpstreamError
-			g.opts.Recorder.Record(rec)
+			g.finish(s, &rec)
 			return writeError(c, &apiError{Status: 502, Type: "upstream_error", Code: "upstream_broken",
 				Message: "the model backend's answer broke off: " + rerr.Error()})
 		}
 		u := backends.ParseUsage(data)
 		setTokens(&rec, u, promptChars, len(jsonString(data, "choices.0.message.content"))+len(jsonString(data, "choices.0.text")))
-		g.opts.Recorder.Record(rec)
+		g.finish(s, &rec)
 		c.Status(resp.StatusCode)
 		c.Set(fiber.HeaderContentType, resp.Header.Get(fiber.HeaderContentType))
 		return c.Send(data)
@@ -159,7 +159,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	c.Set("X-Accel-Buffering", "no")
 	idle := s.cfg.Timeouts.StreamIdle
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-		g.relay(ctx, cancel, resp, w, relayState{rec: rec, start: start, idle: idle,
+		g.relay(ctx, cancel, resp, w, relayState{snap: s, rec: rec, start: start, idle: idle,
 			promptChars: promptChars, keepUsage: clientWantsUsage})
 	})
 	return nil
@@ -249,6 +249,7 @@ func setTokens(rec *costing.Record, u backends.Usage, promptChars, outChars int)
 }
 
 type relayState struct {
+	snap        *snapshot
 	rec         costing.Record
 	start       time.Time
 	idle        time.Duration
@@ -314,7 +315,7 @@ func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, resp *ba
 	resp.Finish(outcome)
 	rec.Latency = g.now().Sub(st.start)
 	setTokens(&rec, sc.Usage, st.promptChars, sc.Chunks*4)
-	g.opts.Recorder.Record(rec)
+	g.finish(st.snap, &rec)
 }
 
 var errStreamBroken = errors.New("upstream stream broke off")
