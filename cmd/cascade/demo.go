@@ -51,7 +51,7 @@ Try:
 
 Ctrl-C stops it.
 `, *listen, smallURL, largeURL)
-	return serve(&cfg, gateway.Options{}, 10*time.Second)
+	return serve(&cfg, "", gateway.Options{}, 10*time.Second)
 }
 
 // startSim serves a simulator on a free loopback port and returns its /v1 URL.

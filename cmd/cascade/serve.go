@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -57,28 +58,38 @@ func runServe(args []string) error {
 	if *listen != "" {
 		cfg.Listen = *listen
 	}
-	return serve(cfg, gateway.Options{}, *grace)
+	return serve(cfg, *path, gateway.Options{}, *grace)
 }
 
-// serve runs a gateway until SIGINT/SIGTERM, then drains it.
-func serve(cfg *config.Config, opts gateway.Options, grace time.Duration) error {
+// serve runs a gateway until SIGINT/SIGTERM, then drains it: in-flight
+// requests first, then the recorder's queue, then telemetry. path is the
+// config file watched for live reload ("" for none).
+func serve(cfg *config.Config, path string, opts gateway.Options, grace time.Duration) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	closeTelemetry, err := setupTelemetry(ctx, cfg, &opts)
+	if err != nil {
+		return err
+	}
+	closeRecorder, err := setupRecorder(ctx, cfg, &opts)
+	if err != nil {
+		return err
+	}
 	g, err := gateway.New(cfg, opts)
 	if err != nil {
 		return err
 	}
+	stopWatch := watchConfig(ctx, g, path)
 	errc := make(chan error, 1)
 	go func() { errc <- g.Listen(cfg.Listen) }()
 	slog.Info("cascade gateway listening", "addr", cfg.Listen, "tiers", len(cfg.Tiers))
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sig)
 	select {
-	case err := <-errc:
-		return err
-	case s := <-sig:
-		slog.Info("shutting down", "signal", s.String(), "grace", grace)
+	case err = <-errc:
+	case <-ctx.Done():
+		slog.Info("shutting down", "grace", grace)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	stopWatch()
+	dctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	return g.Shutdown(ctx)
+	return errors.Join(err, g.Shutdown(dctx), closeRecorder(dctx), closeTelemetry(dctx))
 }
