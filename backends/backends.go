@@ -59,6 +59,10 @@ type Endpoint struct {
 	// queue is the upstream's own reported waiting requests (scraped), if any.
 	queue atomic.Int64
 	cb    *gobreaker.TwoStepCircuitBreaker[struct{}]
+	// latency and errRate are recent moving averages (stats.go); load is the
+	// last scraped report (scrape.go).
+	latency, errRate ewma
+	load             atomic.Pointer[Load]
 }
 
 // InFlight is the number of requests this gateway has outstanding on e.
@@ -177,7 +181,7 @@ type Response struct {
 func (r *Response) Finish(err error) {
 	r.Body.Close()
 	r.Endpoint.inflight.Add(-1)
-	r.done(err)
+	r.Endpoint.finish(r.done, err)
 }
 
 // Send tries endpoints of the pool until one answers 2xx, retrying on another
@@ -200,17 +204,19 @@ func (p *Pool) Send(ctx context.Context, c *Client, req *Request, retries int) (
 			continue
 		}
 		e.inflight.Add(1)
+		sent := time.Now()
 		resp, err := c.do(ctx, e, req)
 		if err == nil && resp.StatusCode < 300 {
+			e.observeLatency(time.Since(sent))
 			return &Response{Response: resp, Endpoint: e, Attempts: len(excluded), done: done}, nil
 		}
 		e.inflight.Add(-1)
 		if err != nil {
 			if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
-				done(context.Canceled)
+				e.finish(done, context.Canceled)
 				return nil, ctx.Err()
 			}
-			done(err)
+			e.finish(done, err)
 			last = err
 			continue
 		}
@@ -219,14 +225,14 @@ func (p *Pool) Send(ctx context.Context, c *Client, req *Request, retries int) (
 		switch {
 		case resp.StatusCode == http.StatusBadGateway, resp.StatusCode == http.StatusServiceUnavailable,
 			resp.StatusCode == http.StatusGatewayTimeout:
-			done(ue)
+			e.finish(done, ue)
 			last = ue
 			continue
 		case resp.StatusCode >= 500:
-			done(ue)
+			e.finish(done, ue)
 			return nil, ue
 		default: // 4xx: the request's fault, not the endpoint's
-			done(nil)
+			e.finish(done, nil)
 			return nil, ue
 		}
 	}

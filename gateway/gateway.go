@@ -35,6 +35,7 @@ type Gateway struct {
 	snap     atomic.Pointer[snapshot]
 	registry *backends.Registry
 	opts     Options
+	ops      operator // reloads, admin listener, scraping (admin.go)
 }
 
 // snapshot is everything a request needs, built once per configuration.
@@ -66,7 +67,9 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		registry: backends.NewRegistry(backends.NewClient(cfg.Timeouts)),
 		opts:     opts,
 	}
+	g.initOps(cfg)
 	if err := g.Apply(cfg); err != nil {
+		g.ops.scraper.Stop()
 		return nil, err
 	}
 	g.app = fiber.New(fiber.Config{
@@ -84,12 +87,20 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 func (g *Gateway) App() *fiber.App { return g.app }
 
 // Listen serves on addr until Shutdown.
-func (g *Gateway) Listen(addr string) error { return g.app.Listen(addr) }
+func (g *Gateway) Listen(addr string) error {
+	if err := g.listenAdmin(); err != nil {
+		return err
+	}
+	return g.app.Listen(addr)
+}
 
 // Shutdown stops accepting requests and waits for in-flight ones (streams
 // included) until ctx ends.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	err := g.app.ShutdownWithContext(ctx)
+	if oerr := g.closeOps(ctx); err == nil {
+		err = oerr
+	}
 	g.registry.Client().CloseIdle()
 	return err
 }
@@ -97,7 +108,11 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 // Apply builds a complete snapshot from cfg and swaps it in; on any error the
 // running configuration stays. Endpoints unchanged by cfg keep their breakers
 // and load counters. In-flight requests finish on the snapshot they started with.
-func (g *Gateway) Apply(cfg *config.Config) error {
+func (g *Gateway) Apply(cfg *config.Config) (err error) {
+	g.ops.applyMu.Lock()
+	defer g.ops.applyMu.Unlock()
+	prev := g.snap.Load()
+	defer func() { g.afterApply(cfg, prev, err) }()
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -172,6 +187,7 @@ func (g *Gateway) routes() {
 	})
 	g.app.Post("/v1/chat/completions", func(c *fiber.Ctx) error { return g.complete(c, true) })
 	g.app.Post("/v1/completions", func(c *fiber.Ctx) error { return g.complete(c, false) })
+	g.adminRoutes()
 	g.app.Use(func(c *fiber.Ctx) error {
 		return writeError(c, &apiError{Status: 404, Type: "invalid_request_error", Code: "not_found",
 			Message: fmt.Sprintf("no route %s %s; the API serves /v1/chat/completions, /v1/completions and /v1/models", c.Method(), c.Path())})
