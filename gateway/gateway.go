@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/cascade-gateway/cascade/backends"
 	"github.com/cascade-gateway/cascade/config"
@@ -24,6 +25,9 @@ type Options struct {
 	// Recorder receives one record per request that reached a backend.
 	// If nil, records are discarded.
 	Recorder costing.Recorder
+	// Redis is the shared Redis (records are written by Recorder; this
+	// client serves reads such as /admin/stats). nil means none.
+	Redis redis.UniversalClient
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -47,6 +51,8 @@ type snapshot struct {
 	models map[string]route // every name a client may send as "model"
 	// modelList is the prebuilt /v1/models body.
 	modelList []byte
+	// pricer prices each record in dollars and energy.
+	pricer *costing.Pricer
 }
 
 // route is what a model name means.
@@ -139,6 +145,7 @@ func (g *Gateway) Apply(cfg *config.Config) (err error) {
 	}
 	s.modelList = buildModelList(s.models, g.now())
 	s.pools = g.registry.Pools(cfg)
+	s.pricer = costing.NewPricer(cfg.Tiers)
 	g.snap.Store(s)
 	return nil
 }

@@ -108,6 +108,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	rec := costing.Record{
 		Time: start, RequestID: up.Header.Get(headerRequestID), Tier: tier, Stream: req.Stream,
 		Escalated: reason != "false", Reason: reasonOrEmpty(reason), Score: dec.Score,
+		KeyID: keyID(c.Get(fiber.HeaderAuthorization)),
 	}
 	if err != nil {
 		cancel()

@@ -1,0 +1,500 @@
+package costing
+
+import (
+	"context"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cascade-gateway/cascade/config"
+)
+
+// Redis layout, all keys under the configured prefix (default "cascade:"),
+// times in UTC:
+//
+//	req:{YYYYMMDD}                      stream, one entry per request, XADD
+//	                                    MAXLEN ~ stream_max_len, expires after
+//	                                    retention
+//	m:{dim}:{value}:{YYYYMMDDHHmm}      hash, per-minute rollup, expires after
+//	                                    min(retention, MinuteRetention)
+//	h:{dim}:{value}:{YYYYMMDDHH}        hash, per-hour rollup, expires after
+//	                                    retention
+//	m:all:{YYYYMMDDHHmm}, h:all:{YYYYMMDDHH}
+//	                                    the same rollups over all requests
+//	ix:{dim}:{YYYYMMDDHH}               set of the values of dim seen in that
+//	                                    hour, expires after retention; read
+//	                                    back needs no SCAN
+//
+// dim is tier, model or key (the API key's hash); a missing value is "none".
+// A record lands in the minute and hour of its start time. Rollup fields are
+// counters (HINCRBY): see RollupFields and LatencyBucketsMs.
+
+// MinuteRetention bounds how long per-minute rollups live: stats windows up
+// to 6h read them, longer windows read the hourly ones.
+const MinuteRetention = 48 * time.Hour
+
+// LatencyBucketsMs are the upper bounds, in milliseconds, of the latency and
+// time-to-first-token histograms kept in the rollups. Field lat_b{i} counts
+// requests whose latency was at most LatencyBucketsMs[i] and more than the
+// bound before it; lat_b{len} counts the rest. ttft_b{i} likewise.
+var LatencyBucketsMs = [...]int64{5, 10, 25, 50, 100, 250, 500, 750, 1000, 1500,
+	2500, 4000, 6000, 10000, 15000, 30000, 60000, 120000}
+
+const nBuckets = len(LatencyBucketsMs) + 1
+
+// Rollup counters, in field order.
+const (
+	fRequests = iota
+	fEscalations
+	fErrors
+	fInputTokens
+	fOutputTokens
+	fCost
+	fBaseline
+	fEnergy
+	fLat0
+	fTTFT0  = fLat0 + nBuckets
+	nFields = fTTFT0 + nBuckets
+)
+
+// RollupFields are the hash fields of a rollup, indexed as above: requests,
+// escalations, errors (upstream errors and timeouts), input_tokens,
+// output_tokens, cost_uusd, baseline_uusd (micro-USD), energy_mwh (milli-Wh),
+// then lat_b0.., then ttft_b0.. (ttft only for requests that got a first byte).
+var RollupFields = func() [nFields]string {
+	var f [nFields]string
+	copy(f[:], []string{"requests", "escalations", "errors", "input_tokens", "output_tokens",
+		"cost_uusd", "baseline_uusd", "energy_mwh"})
+	for i := 0; i < nBuckets; i++ {
+		f[fLat0+i] = "lat_b" + strconv.Itoa(i)
+		f[fTTFT0+i] = "ttft_b" + strconv.Itoa(i)
+	}
+	return f
+}()
+
+// Dims are the dimensions rollups are kept by, besides the total.
+var Dims = [...]string{"tier", "model", "key"}
+
+func bucketOf(d time.Duration) int {
+	ms := d.Milliseconds()
+	for i, b := range LatencyBucketsMs {
+		if ms <= b {
+			return i
+		}
+	}
+	return len(LatencyBucketsMs)
+}
+
+// RecorderStats counts what the recorder did since it started.
+type RecorderStats struct {
+	Queued  int64 `json:"queued"`  // accepted, not yet written or dropped
+	Dropped int64 `json:"dropped"` // lost: queue full, flush failed for good, or not drained at Close
+	Written int64 `json:"written"` // in Redis
+	Errors  int64 `json:"errors"`  // failed flush attempts
+}
+
+// StatsReporter is implemented by recorders that count their work.
+type StatsReporter interface {
+	Stats() RecorderStats
+}
+
+// flushAttempts bounds how often a batch's commands are sent before its
+// records are counted as dropped.
+const flushAttempts = 5
+
+// RedisRecorder writes records to Redis off the request path. Record puts a
+// copy in a bounded queue and returns at once; a flusher sends batches as
+// pipelines every flush interval or batch size records. When Redis is slow or
+// down the queue fills and further records are dropped and counted; a batch
+// whose commands fail is re-sent (only the commands that got no reply) up to
+// 5 times with backoff before its records are counted as dropped. The client
+// reconnects by itself.
+//
+// The client should be dedicated to the recorder with MaxRetries -1 (the
+// recorder retries, per command, and a client-level retry of a whole
+// pipeline could count a batch twice) and ContextTimeoutEnabled.
+type RedisRecorder struct {
+	rdb      redis.UniversalClient
+	prefix   string
+	interval time.Duration
+	batch    int
+	maxLen   int64
+	ttl      time.Duration
+	minTTL   time.Duration
+	timeout  time.Duration // per flush attempt
+
+	q       chan Record
+	closed  atomic.Bool
+	closing chan struct{}
+	done    chan struct{}
+	stopCtx context.Context // set before closing is closed
+
+	inFlight, dropped, written, errors atomic.Int64
+
+	// Flusher state, reused across batches.
+	agg   map[aggKey]*[nFields]int64
+	index map[indexKey]struct{}
+	names timeNames
+}
+
+// NewRedisRecorder starts a recorder writing under prefix with the tuning in
+// c (zero fields take config defaults).
+func NewRedisRecorder(rdb redis.UniversalClient, prefix string, c config.Recorder) *RedisRecorder {
+	d := config.Default().Recorder
+	if c.QueueSize <= 0 {
+		c.QueueSize = d.QueueSize
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = d.FlushInterval
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = d.BatchSize
+	}
+	if c.StreamMaxLen <= 0 {
+		c.StreamMaxLen = d.StreamMaxLen
+	}
+	if c.Retention <= 0 {
+		c.Retention = d.Retention
+	}
+	r := &RedisRecorder{
+		rdb: rdb, prefix: prefix, interval: c.FlushInterval, batch: c.BatchSize,
+		maxLen: int64(c.StreamMaxLen), ttl: c.Retention, minTTL: min(c.Retention, MinuteRetention),
+		timeout: max(2*time.Second, 5*c.FlushInterval),
+		q:       make(chan Record, c.QueueSize),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
+		agg:     map[aggKey]*[nFields]int64{},
+		index:   map[indexKey]struct{}{},
+	}
+	go r.run()
+	return r
+}
+
+// Record implements Recorder. It never blocks.
+func (r *RedisRecorder) Record(rec Record) {
+	if r.closed.Load() {
+		r.dropped.Add(1)
+		return
+	}
+	select {
+	case r.q <- rec:
+	default:
+		r.dropped.Add(1)
+	}
+}
+
+// Stats implements StatsReporter.
+func (r *RedisRecorder) Stats() RecorderStats {
+	return RecorderStats{
+		Queued:  int64(len(r.q)) + r.inFlight.Load(),
+		Dropped: r.dropped.Load(),
+		Written: r.written.Load(),
+		Errors:  r.errors.Load(),
+	}
+}
+
+// Close stops taking records and writes the queued ones until ctx ends;
+// what is left then is counted as dropped and ctx's error returned.
+func (r *RedisRecorder) Close(ctx context.Context) error {
+	if r.closed.Swap(true) {
+		<-r.done
+		return nil
+	}
+	r.stopCtx = ctx
+	close(r.closing)
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *RedisRecorder) run() {
+	defer close(r.done)
+	tick := time.NewTicker(r.interval)
+	defer tick.Stop()
+	batch := make([]Record, 0, r.batch)
+	ctx := context.Background()
+	for {
+		select {
+		case rec := <-r.q:
+			batch = append(batch, rec)
+			if len(batch) >= r.batch {
+				batch = r.flush(ctx, batch, r.closing)
+			}
+		case <-tick.C:
+			if len(batch) > 0 {
+				batch = r.flush(ctx, batch, r.closing)
+			}
+		case <-r.closing:
+			r.drain(r.stopCtx, batch)
+			return
+		}
+	}
+}
+
+// drain writes what is queued until ctx ends and counts the rest as dropped.
+func (r *RedisRecorder) drain(ctx context.Context, batch []Record) {
+	for ctx.Err() == nil {
+		for len(batch) < r.batch {
+			select {
+			case rec := <-r.q:
+				batch = append(batch, rec)
+				continue
+			default:
+			}
+			break
+		}
+		if len(batch) == 0 {
+			return
+		}
+		batch = r.flush(ctx, batch, nil)
+	}
+	r.dropped.Add(int64(len(batch)))
+	for {
+		select {
+		case <-r.q:
+			r.dropped.Add(1)
+		default:
+			return
+		}
+	}
+}
+
+// flush writes batch, retrying the commands that failed, and returns the
+// batch emptied for reuse. A backoff ends early when stop is closed.
+func (r *RedisRecorder) flush(ctx context.Context, batch []Record, stop <-chan struct{}) []Record {
+	n := int64(len(batch))
+	r.inFlight.Store(n)
+	defer r.inFlight.Store(0)
+	pending := r.commands(batch)
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		pending = r.exec(ctx, pending)
+		if len(pending) == 0 {
+			r.written.Add(n)
+			break
+		}
+		r.errors.Add(1)
+		if attempt == flushAttempts || !sleep(ctx, backoff, stop) {
+			r.dropped.Add(n)
+			break
+		}
+		backoff *= 2
+	}
+	clear(batch)
+	return batch[:0]
+}
+
+func sleep(ctx context.Context, d time.Duration, stop <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-stop:
+		return true // retry once more now, then drain
+	}
+}
+
+// exec sends cmds as one pipeline and returns those that got no reply or an
+// error reply.
+func (r *RedisRecorder) exec(ctx context.Context, cmds [][]any) [][]any {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	pipe := r.rdb.Pipeline()
+	for _, args := range cmds {
+		pipe.Do(ctx, args...)
+	}
+	res, err := pipe.Exec(ctx)
+	if err == nil {
+		return nil
+	}
+	failed := cmds[:0]
+	for i, c := range res {
+		if c.Err() != nil {
+			failed = append(failed, cmds[i])
+		}
+	}
+	if len(failed) == 0 && len(res) == 0 {
+		return cmds
+	}
+	return failed
+}
+
+type aggKey struct {
+	hour  bool
+	dim   int8 // -1: all
+	value string
+	slot  int64 // unix minute or hour
+}
+
+type indexKey struct {
+	dim   int8
+	value string
+	hour  int64
+}
+
+// commands turns a batch into Redis commands: one XADD per record, and the
+// rollups pre-aggregated so each hash field is incremented once per batch.
+func (r *RedisRecorder) commands(batch []Record) [][]any {
+	clear(r.agg)
+	clear(r.index)
+	cmds := make([][]any, 0, len(batch)+64)
+	streams := map[string]struct{}{}
+	for i := range batch {
+		rec := &batch[i]
+		if rec.Time.IsZero() {
+			rec.Time = time.Now()
+		}
+		unix := rec.Time.Unix()
+		minute, hour := floorDiv(unix, 60), floorDiv(unix, 3600)
+		stream := r.prefix + "req:" + r.names.day(rec.Time)
+		streams[stream] = struct{}{}
+		cmds = append(cmds, r.xadd(stream, rec))
+		vals := [len(Dims)]string{orNone(rec.Tier), orNone(rec.Model), orNone(rec.KeyID)}
+		r.add(aggKey{dim: -1, slot: minute}, rec)
+		r.add(aggKey{hour: true, dim: -1, slot: hour}, rec)
+		for d, v := range vals {
+			r.add(aggKey{dim: int8(d), value: v, slot: minute}, rec)
+			r.add(aggKey{hour: true, dim: int8(d), value: v, slot: hour}, rec)
+			r.index[indexKey{dim: int8(d), value: v, hour: hour}] = struct{}{}
+		}
+	}
+	ttl := int64(r.ttl / time.Second)
+	for s := range streams {
+		cmds = append(cmds, []any{"expire", s, ttl})
+	}
+	for k, c := range r.agg {
+		key := r.rollupKey(k)
+		for f, v := range c {
+			if v != 0 {
+				cmds = append(cmds, []any{"hincrby", key, RollupFields[f], v})
+			}
+		}
+		t := ttl
+		if !k.hour {
+			t = int64(r.minTTL / time.Second)
+		}
+		cmds = append(cmds, []any{"expire", key, t})
+	}
+	for k := range r.index {
+		key := r.prefix + "ix:" + Dims[k.dim] + ":" + r.names.hour(k.hour)
+		cmds = append(cmds, []any{"sadd", key, k.value}, []any{"expire", key, ttl})
+	}
+	return cmds
+}
+
+func (r *RedisRecorder) add(k aggKey, rec *Record) {
+	c := r.agg[k]
+	if c == nil {
+		c = new([nFields]int64)
+		r.agg[k] = c
+	}
+	c[fRequests]++
+	if rec.Escalated {
+		c[fEscalations]++
+	}
+	if rec.Status == StatusUpstreamError || rec.Status == StatusTimeout {
+		c[fErrors]++
+	}
+	c[fInputTokens] += int64(rec.InputTokens)
+	c[fOutputTokens] += int64(rec.OutputTokens)
+	c[fCost] += rec.CostMicroUSD
+	c[fBaseline] += rec.BaselineMicroUSD
+	c[fEnergy] += rec.EnergyMilliWh
+	c[fLat0+bucketOf(rec.Latency)]++
+	if rec.TTFT > 0 {
+		c[fTTFT0+bucketOf(rec.TTFT)]++
+	}
+}
+
+func (r *RedisRecorder) rollupKey(k aggKey) string {
+	g, t := "m:", ""
+	if k.hour {
+		g, t = "h:", r.names.hour(k.slot)
+	} else {
+		t = r.names.minute(k.slot)
+	}
+	if k.dim < 0 {
+		return r.prefix + g + "all:" + t
+	}
+	return r.prefix + g + Dims[k.dim] + ":" + k.value + ":" + t
+}
+
+// xadd is the stream entry of one record.
+func (r *RedisRecorder) xadd(stream string, rec *Record) []any {
+	a := make([]any, 0, 48)
+	a = append(a, "xadd", stream, "maxlen", "~", r.maxLen, "*",
+		"ts", rec.Time.UnixMilli(),
+		"id", rec.RequestID)
+	if rec.TraceID != "" {
+		a = append(a, "trace", rec.TraceID)
+	}
+	a = append(a, "key", orNone(rec.KeyID), "tier", rec.Tier, "model", rec.Model, "endpoint", rec.Endpoint,
+		"stream", b01(rec.Stream), "escalated", b01(rec.Escalated))
+	if rec.Reason != "" {
+		a = append(a, "reason", rec.Reason)
+	}
+	a = append(a, "score", strconv.FormatFloat(rec.Score, 'f', 4, 64),
+		"input_tokens", rec.InputTokens, "output_tokens", rec.OutputTokens, "estimated", b01(rec.Estimated),
+		"cost_uusd", rec.CostMicroUSD, "baseline_uusd", rec.BaselineMicroUSD, "energy_mwh", rec.EnergyMilliWh,
+		"ttft_ms", rec.TTFT.Milliseconds(), "latency_ms", rec.Latency.Milliseconds(),
+		"status", rec.Status.String())
+	return a
+}
+
+func b01(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+// timeNames formats key time suffixes, caching the last of each.
+type timeNames struct {
+	dayN, minN, hourN int64
+	dayS, minS, hourS string
+}
+
+func (t *timeNames) day(tm time.Time) string {
+	d := floorDiv(tm.Unix(), 86400)
+	if t.dayS == "" || d != t.dayN {
+		t.dayN, t.dayS = d, time.Unix(d*86400, 0).UTC().Format("20060102")
+	}
+	return t.dayS
+}
+
+func (t *timeNames) minute(m int64) string {
+	if t.minS == "" || m != t.minN {
+		t.minN, t.minS = m, time.Unix(m*60, 0).UTC().Format("200601021504")
+	}
+	return t.minS
+}
+
+func (t *timeNames) hour(h int64) string {
+	if t.hourS == "" || h != t.hourN {
+		t.hourN, t.hourS = h, time.Unix(h*3600, 0).UTC().Format("2006010215")
+	}
+	return t.hourS
+}
