@@ -1,0 +1,620 @@
+package router
+
+import "math"
+
+// Feature extraction for the learned scorer.
+//
+// One pass over the bytes of every message computes a fixed set of dense
+// features (length, structure, code, math, cue words, conversation shape,
+// request facts, language) and feeds hashed word unigrams and bigrams to a
+// sink. Everything lives in fixed-size values on the stack; the lookup
+// tables are built once at init. No regexps, no maps, no allocations.
+
+// Dense feature indices. The order is part of the model file format: models
+// name their features, and a model whose names differ is rejected on load.
+const (
+	fLenBytes = iota
+	fLenWords
+	fAvgWordLen
+	fLongWordShare
+	fLines
+	fListItems
+	fCodeFences
+	fTableLines
+	fIndentLines
+	fCodeChars
+	fDigitShare
+	fNumbers
+	fMathOps
+	fLatex
+	fQuestions
+	fSentences
+	fWordsPerSentence
+	fUpperShare
+	fPunctShare
+	fNonASCIIShare
+	fQuotes
+	fParens
+	fMoneyPct
+	fChoiceLines
+	fBlankLines
+	fMessages
+	fUserTurns
+	fHasSystem
+	fSystemLen
+	fAssistantLen
+	fHasTools
+	fHasResponseFormat
+	fMaxTokens
+	fMaxTokensSet
+	fKwBase // first keyword-category feature; one per category below
+)
+
+// Keyword categories: words in the prompt that hint at the kind of task.
+const (
+	catReasoning = iota
+	catMultiStep
+	catConstraint
+	catNegation
+	catMath
+	catCode
+	catLaw
+	catMedicine
+	catScience
+	catFinance
+	catHistory
+	catEthics
+	catQuantity
+	catInstruction
+	catSubtle
+	catSimple
+	numCats
+)
+
+// NumDense is the number of dense (named) features.
+const NumDense = fKwBase + numCats
+
+var catNames = [numCats]string{
+	"kw_reasoning", "kw_multistep", "kw_constraint", "kw_negation", "kw_math",
+	"kw_code", "kw_law", "kw_medicine", "kw_science", "kw_finance",
+	"kw_history", "kw_ethics", "kw_quantity", "kw_instruction", "kw_subtle",
+	"kw_simple",
+}
+
+// DenseNames returns the names of the dense features in vector order.
+func DenseNames() []string {
+	n := []string{
+		"len_bytes", "len_words", "avg_word_len", "long_word_share", "lines",
+		"list_items", "code_fences", "table_lines", "indented_lines", "code_chars",
+		"digit_share", "numbers", "math_ops", "latex", "questions", "sentences",
+		"words_per_sentence", "upper_share", "punct_share", "non_ascii_share",
+		"quotes", "parens", "money_percent", "choice_lines", "blank_lines",
+		"messages", "user_turns", "has_system", "system_len", "assistant_len",
+		"has_tools", "has_response_format", "max_tokens", "max_tokens_set",
+	}
+	return append(n, catNames[:]...)
+}
+
+// FeatureGroups maps each dense feature to a group name used by ablation and
+// reports. "ngrams" is the group of the hashed n-gram features.
+func FeatureGroups() map[string][]int {
+	g := map[string][]int{
+		"length":       {fLenBytes, fLenWords, fAvgWordLen, fLongWordShare, fLines, fSentences, fWordsPerSentence},
+		"structure":    {fListItems, fCodeFences, fTableLines, fIndentLines, fBlankLines, fChoiceLines, fQuotes, fParens},
+		"code":         {fCodeChars, fKwBase + catCode},
+		"math":         {fDigitShare, fNumbers, fMathOps, fLatex, fMoneyPct, fKwBase + catMath, fKwBase + catQuantity},
+		"reasoning":    {fKwBase + catReasoning, fKwBase + catMultiStep},
+		"constraints":  {fKwBase + catConstraint, fKwBase + catNegation, fKwBase + catSubtle},
+		"questions":    {fQuestions, fKwBase + catSimple, fKwBase + catInstruction},
+		"conversation": {fMessages, fUserTurns, fHasSystem, fSystemLen, fAssistantLen},
+		"request":      {fHasTools, fHasResponseFormat, fMaxTokens, fMaxTokensSet},
+		"domain":       {fKwBase + catLaw, fKwBase + catMedicine, fKwBase + catScience, fKwBase + catFinance, fKwBase + catHistory, fKwBase + catEthics},
+		"language":     {fUpperShare, fPunctShare, fNonASCIIShare},
+	}
+	return g
+}
+
+// maxScan bounds the bytes examined per request so that scoring time is
+// bounded on any input; length features still see the full size.
+const maxScan = 64 << 10
+
+// Character classes.
+const (
+	cOther = iota
+	cLower
+	cUpper
+	cDigit
+	cSpace
+	cNewline
+	cHigh // byte >= 0x80 (part of a UTF-8 sequence)
+)
+
+var charClass [256]uint8
+
+// isMathOp marks operator bytes; isCodeChar marks bytes typical of code.
+var isMathOp, isCodeChar, isSentenceEnd, isPunct [256]bool
+
+func init() {
+	for i := 0; i < 256; i++ {
+		c := byte(i)
+		switch {
+		case c >= 'a' && c <= 'z':
+			charClass[i] = cLower
+		case c >= 'A' && c <= 'Z':
+			charClass[i] = cUpper
+		case c >= '0' && c <= '9':
+			charClass[i] = cDigit
+		case c == '\n':
+			charClass[i] = cNewline
+		case c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v':
+			charClass[i] = cSpace
+		case c >= 0x80:
+			charClass[i] = cHigh
+		default:
+			charClass[i] = cOther
+			isPunct[i] = true
+		}
+	}
+	for _, c := range []byte("+-*/=^<>%×÷") {
+		isMathOp[c] = true
+	}
+	for _, c := range []byte("{};[]()<>=&|_#@$\\`") {
+		isCodeChar[c] = true
+	}
+	for _, c := range []byte(".?!") {
+		isSentenceEnd[c] = true
+	}
+	buildKeywords()
+}
+
+// Word hashing: FNV-1a over lowercased bytes.
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+	// numToken stands for every number, so n-grams generalise over values.
+	numToken = 0x9e3779b97f4a7c15
+)
+
+func mix(a, b uint64) uint64 {
+	h := a*0xff51afd7ed558ccd ^ (b + 0x9e3779b97f4a7c15 + (a << 6) + (a >> 2))
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	return h
+}
+
+// Keyword table: open addressing over word hashes, built at init.
+const kwSize = 2048
+
+var (
+	kwKeys [kwSize]uint64
+	kwMask [kwSize]uint32
+)
+
+var kwLists = [numCats]string{
+	catReasoning:   "why explain explanation prove proof reason reasoning justify derive analyze analyse analysis evaluate compare contrast implies imply therefore hence thus infer inference conclude conclusion argue argument critique assess because consequently whereas hypothesis deduce",
+	catMultiStep:   "step steps then first second third fourth finally next after before each every total remaining left altogether twice thrice times per respectively until later initially afterwards rest another",
+	catConstraint:  "must exactly only least most without always never ensure require required requires should cannot limit maximum minimum within strictly format words sentences",
+	catNegation:    "not except false incorrect none neither nor no never unless cannot isn't doesn't don't wasn't aren't",
+	catMath:        "equation equations solve integral derivative probability function matrix sum product prime polynomial ratio percent percentage average mean median fraction divide divided multiply multiplied remainder equals value variable theorem vector log sqrt sin cos tan expected compute calculate area volume rate speed radius angle triangle circle square integer integers real complex group ring field modulo",
+	catCode:        "code function def return class import var const int string array python java javascript golang sql select loop compile bug error algorithm program printf print struct null func println lambda recursion pointer runtime complexity",
+	catLaw:         "law laws legal court courts statute plaintiff defendant contract tort liability liable constitutional constitution amendment jurisdiction judge jury evidence testimony crime criminal negligence lawsuit attorney sue damages felony rights trial appeal convicted prosecution",
+	catMedicine:    "patient patients clinical diagnosis disease symptom symptoms treatment drug drugs dose medical blood infection syndrome therapy surgery virus bacteria cancer heart physician hospital mg chronic acute pain anatomy nerve nerves muscle muscles artery vein tissue",
+	catScience:     "energy force mass velocity acceleration electron electrons atom atoms molecule molecules chemical reaction gene genes dna rna protein proteins species evolution quantum particle temperature pressure wave charge magnetic electric gravity orbit planet star acid compound organism photon cell cells enzyme",
+	catFinance:     "price prices cost costs market markets interest tax taxes profit revenue investment stock bond inflation gdp economy economic demand supply bank money loan income firm firms monopoly capital equity asset assets accounting depreciation budget wage wages",
+	catHistory:     "war century empire president government political revolution treaty king queen colonial religion religious society culture historian ancient policy congress nation nations emperor dynasty",
+	catEthics:      "moral morally ethics ethical philosopher philosophy kant utilitarian virtue wrong justice scenario duty consequentialism immoral",
+	catQuantity:    "hour hours minute minutes day days week weeks month months year years km miles mile meters kg pounds dollars dollar cents half quarter dozen feet inches",
+	catInstruction: "write summarize summarise translate list describe generate create story poem essay email rewrite draft outline",
+	catSubtle:      "best likely primarily correct statement statements true which following all mainly generally usually",
+	catSimple:      "hi hello thanks thank please what who when where name capital define meaning",
+}
+
+func hashWord(w string) uint64 {
+	h := uint64(fnvOffset)
+	for i := 0; i < len(w); i++ {
+		c := w[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		h ^= uint64(c)
+		h *= fnvPrime
+	}
+	return h
+}
+
+func buildKeywords() {
+	for cat, list := range kwLists {
+		start := -1
+		for i := 0; i <= len(list); i++ {
+			if i == len(list) || list[i] == ' ' {
+				if start >= 0 {
+					kwInsert(hashWord(list[start:i]), uint32(1)<<cat)
+				}
+				start = -1
+			} else if start < 0 {
+				start = i
+			}
+		}
+	}
+}
+
+func kwInsert(h uint64, bit uint32) {
+	if h == 0 {
+		h = 1
+	}
+	for i := h & (kwSize - 1); ; i = (i + 1) & (kwSize - 1) {
+		if kwKeys[i] == h {
+			kwMask[i] |= bit
+			return
+		}
+		if kwKeys[i] == 0 {
+			kwKeys[i], kwMask[i] = h, bit
+			return
+		}
+	}
+}
+
+func kwLookup(h uint64) uint32 {
+	if h == 0 {
+		h = 1
+	}
+	for i := h & (kwSize - 1); ; i = (i + 1) & (kwSize - 1) {
+		switch kwKeys[i] {
+		case h:
+			return kwMask[i]
+		case 0:
+			return 0
+		}
+	}
+}
+
+// roleWeight is how much a message counts towards the features.
+func roleWeight(role string) float32 {
+	switch role {
+	case "user", "":
+		return 1
+	case "system", "developer":
+		return 0.5
+	case "assistant":
+		return 0.4
+	default: // tool, function
+		return 0.25
+	}
+}
+
+// Dense is the dense feature vector.
+type Dense [NumDense]float32
+
+// gramSink receives hashed n-grams. The scorer sums weights; training and
+// explanations record them.
+type gramSink struct {
+	weights []float32 // model n-gram weights; len is a power of two
+	mask    uint32
+	sum     float64
+	count   float64
+	// record, when non-nil, receives every n-gram (training, explanations).
+	record *[]GramHit
+}
+
+// GramHit is one hashed n-gram occurrence.
+type GramHit struct {
+	Bucket uint32
+	Weight float32
+	// Msg, Start and End locate the n-gram's bytes (for explanations).
+	Msg, Start, End int32
+}
+
+func (g *gramSink) add(h uint64, w float32, msg, start, end int) {
+	b := uint32(h) & g.mask
+	g.count += float64(w)
+	if g.record != nil {
+		*g.record = append(*g.record, GramHit{Bucket: b, Weight: w, Msg: int32(msg), Start: int32(start), End: int32(end)})
+		return
+	}
+	g.sum += float64(w) * float64(g.weights[b])
+}
+
+// counts are the raw, role-weighted tallies of one pass.
+type counts struct {
+	bytes, letters, digits, upper, punct, high                       float32
+	words, wordBytes, longWords, numbers, mathOps, latex, questions  float32
+	sentences, lines, listItems, codeFences, tableLines, indentLines float32
+	codeChars, quotes, parens, moneyPct, choiceLines, blankLines     float32
+	systemBytes, assistantBytes                                      float32
+	kw                                                               [numCats]float32
+	messages, userTurns                                              float32
+	hasSystem                                                        bool
+}
+
+// extract computes the dense features of in and feeds n-grams to g.
+func extract(in *Input, d *Dense, g *gramSink) {
+	var c counts
+	budget := maxScan
+	for mi := range in.Messages {
+		m := &in.Messages[mi]
+		rw := roleWeight(m.Role)
+		c.messages++
+		switch m.Role {
+		case "system", "developer":
+			c.hasSystem = true
+			c.systemBytes += float32(len(m.Content))
+		case "assistant":
+			c.assistantBytes += float32(len(m.Content))
+		case "user", "":
+			c.userTurns++
+		}
+		c.bytes += rw * float32(len(m.Content))
+		s := m.Content
+		if len(s) > budget {
+			s = s[:budget]
+		}
+		budget -= len(s)
+		scanMessage(s, rw, mi, &c, g)
+	}
+	fill(in, &c, d)
+}
+
+func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
+	var (
+		letters, digits, upper, punct, high                    int
+		words, wordBytes, longWords, numbers, mathOps, latex   int
+		questions, sentences, lines, listItems, fences, tables int
+		indent, codeChars, quotes, parens, money, choices      int
+		blank                                                  int
+		kw                                                     [numCats]int
+	)
+	var (
+		h         uint64 // hash of the current word
+		wStart    = -1   // start of the current word, -1 outside words
+		isNum     bool
+		prev      uint64 // previous token hash, 0 at a boundary
+		prevStart int
+		pipes     int
+		lineStart = true
+	)
+	n := len(s)
+	if n > 0 {
+		lines = 1
+	}
+	for i := 0; i <= n; i++ {
+		var ch byte = '\n'
+		var cl uint8 = cNewline
+		if i < n {
+			ch = s[i]
+			cl = charClass[ch]
+		}
+		if lineStart && i < n {
+			lineStart = false
+			// Look at how the line begins.
+			j := i
+			for j < n && (s[j] == ' ' || s[j] == '\t') {
+				j++
+			}
+			if j-i >= 4 || (j > i && s[i] == '\t') {
+				indent++
+			}
+			if j < n {
+				r := s[j:]
+				switch {
+				case len(r) >= 3 && r[0] == '`' && r[1] == '`' && r[2] == '`':
+					fences++
+				case len(r) >= 2 && (r[0] == '-' || r[0] == '*' || r[0] == '+') && r[1] == ' ':
+					listItems++
+				case len(r) >= 2 && r[0] >= 'A' && r[0] <= 'H' && (r[1] == '.' || r[1] == ')'):
+					choices++
+				case len(r) >= 3 && r[0] == '(' && ((r[1] >= 'a' && r[1] <= 'h') || (r[1] >= 'A' && r[1] <= 'H')) && r[2] == ')':
+					choices++
+				case r[0] >= '0' && r[0] <= '9':
+					k := 1
+					for k < len(r) && k < 4 && r[k] >= '0' && r[k] <= '9' {
+						k++
+					}
+					if k < len(r) && (r[k] == '.' || r[k] == ')') {
+						listItems++
+					}
+				case r[0] == '\n':
+					blank++
+				}
+			}
+		}
+		isWordByte := cl == cLower || cl == cUpper || cl == cDigit || cl == cHigh || (ch == '\'' && wStart >= 0 && !isNum)
+		if isWordByte {
+			if wStart < 0 {
+				wStart = i
+				h = fnvOffset
+				isNum = cl == cDigit
+			}
+			b := ch
+			if cl == cUpper {
+				b += 'a' - 'A'
+			}
+			h ^= uint64(b)
+			h *= fnvPrime
+		} else if wStart >= 0 {
+			// End of a token, unless a decimal point or thousands
+			// separator continues a number ("3.14", "1,000").
+			if isNum && i+1 < n && (ch == '.' || ch == ',') && charClass[s[i+1]] == cDigit {
+				goto classify
+			}
+			wl := i - wStart
+			tok := h
+			if isNum {
+				numbers++
+				tok = numToken
+			} else {
+				words++
+				wordBytes += wl
+				if wl >= 10 {
+					longWords++
+				}
+				if wl <= 24 {
+					if m := kwLookup(h); m != 0 {
+						for m != 0 {
+							k := trailingZeros32(m)
+							kw[k]++
+							m &= m - 1
+						}
+					}
+				}
+			}
+			if g != nil {
+				g.add(tok, rw, mi, wStart, i)
+				if prev != 0 {
+					g.add(mix(prev, tok), rw, mi, prevStart, i)
+				}
+			}
+			prev, prevStart = tok, wStart
+			wStart = -1
+		}
+	classify:
+		switch cl {
+		case cLower:
+			letters++
+		case cUpper:
+			letters++
+			upper++
+		case cDigit:
+			digits++
+		case cHigh:
+			high++
+		case cNewline:
+			if i < n {
+				lines++
+			}
+			lineStart = true
+			prev = 0
+			if pipes >= 2 {
+				tables++
+			}
+			pipes = 0
+		case cOther:
+			if wStart >= 0 {
+				break // apostrophe or decimal point inside a token
+			}
+			punct++
+			if isMathOp[ch] {
+				mathOps++
+			}
+			if isCodeChar[ch] {
+				codeChars++
+			}
+			switch ch {
+			case '?':
+				questions++
+				sentences++
+				prev = 0
+			case '.', '!', ';', ':':
+				if isSentenceEnd[ch] {
+					sentences++
+				}
+				prev = 0
+			case '|':
+				pipes++
+			case '"':
+				quotes++
+			case '(':
+				parens++
+			case '$', '%':
+				money++
+			case '\\':
+				latex++
+			}
+		}
+	}
+	f := func(x int) float32 { return rw * float32(x) }
+	c.letters += f(letters)
+	c.digits += f(digits)
+	c.upper += f(upper)
+	c.punct += f(punct)
+	c.high += f(high)
+	c.words += f(words)
+	c.wordBytes += f(wordBytes)
+	c.longWords += f(longWords)
+	c.numbers += f(numbers)
+	c.mathOps += f(mathOps)
+	c.latex += f(latex)
+	c.questions += f(questions)
+	c.sentences += f(sentences)
+	c.lines += f(lines)
+	c.listItems += f(listItems)
+	c.codeFences += f(fences)
+	c.tableLines += f(tables)
+	c.indentLines += f(indent)
+	c.codeChars += f(codeChars)
+	c.quotes += f(quotes)
+	c.parens += f(parens)
+	c.moneyPct += f(money)
+	c.choiceLines += f(choices)
+	c.blankLines += f(blank)
+	for k := range kw {
+		c.kw[k] += f(kw[k])
+	}
+}
+
+func trailingZeros32(x uint32) int {
+	n := 0
+	for x&1 == 0 {
+		x >>= 1
+		n++
+	}
+	return n
+}
+
+func log1p(x float32) float32 { return float32(math.Log1p(float64(x))) }
+
+func ratio(a, b float32) float32 {
+	if b <= 0 {
+		return 0
+	}
+	return a / b
+}
+
+func fill(in *Input, c *counts, d *Dense) {
+	d[fLenBytes] = log1p(c.bytes)
+	d[fLenWords] = log1p(c.words)
+	d[fAvgWordLen] = ratio(c.wordBytes, c.words)
+	d[fLongWordShare] = ratio(c.longWords, c.words)
+	d[fLines] = log1p(c.lines)
+	d[fListItems] = log1p(c.listItems)
+	d[fCodeFences] = log1p(c.codeFences)
+	d[fTableLines] = log1p(c.tableLines)
+	d[fIndentLines] = log1p(c.indentLines)
+	scanned := c.letters + c.digits + c.punct + c.high + 1
+	d[fCodeChars] = ratio(c.codeChars, scanned)
+	d[fDigitShare] = ratio(c.digits, scanned)
+	d[fNumbers] = log1p(c.numbers)
+	d[fMathOps] = log1p(c.mathOps)
+	d[fLatex] = log1p(c.latex)
+	d[fQuestions] = log1p(c.questions)
+	d[fSentences] = log1p(c.sentences)
+	d[fWordsPerSentence] = log1p(ratio(c.words, c.sentences+1))
+	d[fUpperShare] = ratio(c.upper, c.letters+1)
+	d[fPunctShare] = ratio(c.punct, scanned)
+	d[fNonASCIIShare] = ratio(c.high, scanned)
+	d[fQuotes] = log1p(c.quotes)
+	d[fParens] = log1p(c.parens)
+	d[fMoneyPct] = log1p(c.moneyPct)
+	d[fChoiceLines] = log1p(c.choiceLines)
+	d[fBlankLines] = log1p(c.blankLines)
+	d[fMessages] = log1p(c.messages)
+	d[fUserTurns] = log1p(c.userTurns)
+	if c.hasSystem {
+		d[fHasSystem] = 1
+	}
+	d[fSystemLen] = log1p(c.systemBytes)
+	d[fAssistantLen] = log1p(c.assistantBytes)
+	if in.HasTools {
+		d[fHasTools] = 1
+	}
+	if in.HasResponseFormat {
+		d[fHasResponseFormat] = 1
+	}
+	if in.MaxTokens > 0 {
+		d[fMaxTokens] = log1p(float32(in.MaxTokens))
+		d[fMaxTokensSet] = 1
+	}
+	for k := range c.kw {
+		d[fKwBase+k] = log1p(c.kw[k])
+	}
+}

@@ -1,0 +1,300 @@
+package router
+
+import (
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/cascade-gateway/cascade/config"
+)
+
+// ModelFormat identifies the model file format written by cascade train.
+const ModelFormat = "cascade-router/1"
+
+//go:embed models/default.json
+var defaultModelJSON []byte
+
+// Learned is a logistic-regression scorer over the dense features and hashed
+// word n-grams of a prompt. It is immutable once loaded and safe for
+// concurrent use; Score does not allocate.
+type Learned struct {
+	file modelFile
+
+	// Folded for the hot path: score = sigmoid(bias + w·dense + ngrams).
+	w    Dense
+	bias float64
+	// grams are the n-gram weights; len(grams) is a power of two.
+	grams []float32
+	mask  uint32
+}
+
+// modelFile is the serialised model.
+type modelFile struct {
+	Format string `json:"format"`
+	// Features names the dense features in order; Mean and Scale standardise
+	// them and Weights apply to the standardised values.
+	Features []string  `json:"features"`
+	Mean     []float32 `json:"mean"`
+	Scale    []float32 `json:"scale"`
+	Weights  []float32 `json:"weights"`
+	Bias     float32   `json:"bias"`
+	// GramBits: n-grams are hashed into 2^GramBits buckets; Grams holds their
+	// weights (empty when the model uses no n-grams).
+	GramBits int       `json:"gram_bits"`
+	Grams    []float32 `json:"grams,omitempty"`
+	// Meta records how the model was trained (informational).
+	Meta json.RawMessage `json:"meta,omitempty"`
+}
+
+var _ Scorer = (*Learned)(nil)
+
+// DefaultModel returns the model built into the binary.
+func DefaultModel() *Learned {
+	defaultOnce()
+	return defaultModel
+}
+
+var (
+	defaultModel *Learned
+	defaultErr   error
+)
+
+func defaultOnce() {
+	if defaultModel == nil && defaultErr == nil {
+		defaultModel, defaultErr = ParseModel(defaultModelJSON)
+		if defaultErr != nil {
+			panic("router: built-in model is invalid: " + defaultErr.Error())
+		}
+	}
+}
+
+func init() { defaultOnce() }
+
+// LoadModel reads a model file written by cascade train.
+func LoadModel(path string) (*Learned, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("router: model: %w", err)
+	}
+	m, err := ParseModel(b)
+	if err != nil {
+		return nil, fmt.Errorf("router: model %s: %w", path, err)
+	}
+	return m, nil
+}
+
+// ParseModel decodes a serialised model.
+func ParseModel(b []byte) (*Learned, error) {
+	var f modelFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, err
+	}
+	return newLearned(f)
+}
+
+func newLearned(f modelFile) (*Learned, error) {
+	if f.Format != ModelFormat {
+		return nil, fmt.Errorf("format %q, want %q", f.Format, ModelFormat)
+	}
+	names := DenseNames()
+	if len(f.Features) != len(names) {
+		return nil, fmt.Errorf("model has %d dense features, this build has %d", len(f.Features), len(names))
+	}
+	for i := range names {
+		if f.Features[i] != names[i] {
+			return nil, fmt.Errorf("feature %d is %q, this build has %q", i, f.Features[i], names[i])
+		}
+	}
+	if len(f.Mean) != NumDense || len(f.Scale) != NumDense || len(f.Weights) != NumDense {
+		return nil, errors.New("mean, scale and weights must each have one value per feature")
+	}
+	if f.GramBits < 0 || f.GramBits > 24 {
+		return nil, fmt.Errorf("gram_bits %d out of range [0, 24]", f.GramBits)
+	}
+	if len(f.Grams) != 0 && len(f.Grams) != 1<<f.GramBits {
+		return nil, fmt.Errorf("grams has %d weights, want %d", len(f.Grams), 1<<f.GramBits)
+	}
+	m := &Learned{file: f, bias: float64(f.Bias)}
+	for i := 0; i < NumDense; i++ {
+		sc := f.Scale[i]
+		if !finite32(sc) || !finite32(f.Mean[i]) || !finite32(f.Weights[i]) {
+			return nil, fmt.Errorf("feature %s: non-finite value", names[i])
+		}
+		if sc <= 0 {
+			return nil, fmt.Errorf("feature %s: scale must be positive", names[i])
+		}
+		m.w[i] = f.Weights[i] / sc
+		m.bias -= float64(f.Weights[i]) * float64(f.Mean[i]) / float64(sc)
+	}
+	if !finite32(f.Bias) {
+		return nil, errors.New("non-finite bias")
+	}
+	for _, g := range f.Grams {
+		if !finite32(g) {
+			return nil, errors.New("non-finite n-gram weight")
+		}
+	}
+	m.grams = f.Grams
+	if len(m.grams) == 0 {
+		m.grams = make([]float32, 1)
+		m.mask = 0
+	} else {
+		m.mask = uint32(len(m.grams) - 1)
+	}
+	return m, nil
+}
+
+func finite32(x float32) bool {
+	f := float64(x)
+	return !math.IsNaN(f) && !math.IsInf(f, 0)
+}
+
+// Marshal serialises the model in the format ParseModel reads.
+func (m *Learned) Marshal() ([]byte, error) {
+	return json.Marshal(&m.file)
+}
+
+// Save writes the model to path.
+func (m *Learned) Save(path string) error {
+	b, err := m.Marshal()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// Meta returns the training metadata stored with the model.
+func (m *Learned) Meta() json.RawMessage { return m.file.Meta }
+
+// UsesGrams reports whether the model has n-gram weights.
+func (m *Learned) UsesGrams() bool { return len(m.file.Grams) > 0 }
+
+// Score implements Scorer: the probability-like need for the large model.
+func (m *Learned) Score(in *Input) float64 {
+	var d Dense
+	g := gramSink{weights: m.grams, mask: m.mask}
+	extract(in, &d, &g)
+	return sigmoid(m.logit(&d, &g))
+}
+
+func (m *Learned) logit(d *Dense, g *gramSink) float64 {
+	z := m.bias
+	for i := range d {
+		z += float64(m.w[i]) * float64(d[i])
+	}
+	if g.count > 0 {
+		z += g.sum / g.count
+	}
+	return z
+}
+
+func sigmoid(z float64) float64 {
+	if z >= 0 {
+		return 1 / (1 + math.Exp(-z))
+	}
+	e := math.Exp(z)
+	return e / (1 + e)
+}
+
+// Reason is one feature's contribution to a score, in logit units: positive
+// pushes towards the large model.
+type Reason struct {
+	Feature      string  `json:"feature"`
+	Contribution float64 `json:"contribution"`
+}
+
+// Explain returns the k features that moved the score most, largest
+// magnitude first. Dense features are measured against the training mean;
+// n-grams are named "ngram:<text>". It allocates; keep it off the hot path.
+func (m *Learned) Explain(in *Input, k int) []Reason {
+	if k <= 0 {
+		return nil
+	}
+	var d Dense
+	var hits []GramHit
+	g := gramSink{weights: m.grams, mask: m.mask, record: &hits}
+	extract(in, &d, &g)
+	names := DenseNames()
+	rs := make([]Reason, 0, NumDense+len(hits))
+	for i := 0; i < NumDense; i++ {
+		c := float64(m.file.Weights[i]) * (float64(d[i]) - float64(m.file.Mean[i])) / float64(m.file.Scale[i])
+		if c != 0 {
+			rs = append(rs, Reason{Feature: names[i], Contribution: c})
+		}
+	}
+	if len(m.file.Grams) > 0 && g.count > 0 {
+		norm := 1 / g.count
+		// Aggregate occurrences of the same n-gram text.
+		idx := map[string]int{}
+		for _, h := range hits {
+			c := float64(h.Weight) * float64(m.grams[h.Bucket]) * norm
+			if c == 0 {
+				continue
+			}
+			name := "ngram:" + gramText(in, h)
+			if j, ok := idx[name]; ok {
+				rs[j].Contribution += c
+				continue
+			}
+			idx[name] = len(rs)
+			rs = append(rs, Reason{Feature: name, Contribution: c})
+		}
+	}
+	sort.SliceStable(rs, func(a, b int) bool {
+		return math.Abs(rs[a].Contribution) > math.Abs(rs[b].Contribution)
+	})
+	if len(rs) > k {
+		rs = rs[:k]
+	}
+	return rs
+}
+
+func gramText(in *Input, h GramHit) string {
+	s := in.Messages[h.Msg].Content[h.Start:h.End]
+	if len(s) > 64 {
+		s = s[:64]
+	}
+	s = strings.ToLower(s)
+	// Numbers are one token to the model; show them as such.
+	var b strings.Builder
+	num := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= '0' && c <= '9' || (num && (c == '.' || c == ',')):
+			if !num {
+				b.WriteString("<num>")
+				num = true
+			}
+		default:
+			num = false
+			if charClass[c] == cSpace || charClass[c] == cNewline {
+				c = ' '
+			}
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// NewScorer builds the scorer a routing config asks for: "length" is the
+// length baseline; "" and "learned" load ModelFile, or the built-in model
+// when no file is named.
+func NewScorer(c config.Routing) (Scorer, error) {
+	switch c.Scorer {
+	case "length":
+		return LengthScorer{}, nil
+	case "", "learned":
+		if c.ModelFile == "" {
+			return DefaultModel(), nil
+		}
+		return LoadModel(c.ModelFile)
+	default:
+		return nil, fmt.Errorf("router: unknown scorer %q (want learned or length)", c.Scorer)
+	}
+}
