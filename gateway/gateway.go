@@ -126,7 +126,11 @@ func (g *Gateway) Apply(cfg *config.Config) (err error) {
 	for _, t := range cfg.Tiers {
 		s.tiers = append(s.tiers, t.Name)
 	}
-	p, err := router.Compile(cfg.Routing, s.tiers)
+	var prevCal *router.Calibrator // kept across reloads when its settings match
+	if old := g.snap.Load(); old != nil {
+		prevCal = old.policy.Calibrator()
+	}
+	p, err := router.Compile(cfg.Routing, s.tiers, prevCal)
 	if err != nil {
 		return fmt.Errorf("routing: %w", err)
 	}

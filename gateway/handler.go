@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -72,13 +73,15 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	}
 	var dec router.Decision
 	if rt.auto {
-		dec = s.policy.Decide(&req.Input)
+		if dec, err = s.policy.Route(req.Model, c.Get(headerTier), &req.Input); err != nil {
+			return writeError(c, badRequest(headerTier, "header %s: %v; use one of %s", headerTier, err, strings.Join(s.tiers, ", ")))
+		}
 	} else {
 		dec.Tier = rt.tier
 	}
-	reason := "false"
-	if dec.Escalated {
-		reason = "score"
+	reason := dec.Reason
+	if reason == "" {
+		reason = "false"
 	}
 
 	path := "/completions"

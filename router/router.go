@@ -3,6 +3,7 @@
 package router
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/cascade-gateway/cascade/config"
@@ -59,40 +60,202 @@ func (s LengthScorer) Score(in *Input) float64 {
 // Decision is the router's output for one request.
 type Decision struct {
 	// Tier is the name of the tier to serve on.
-	Tier      string
-	Score     float64
+	Tier  string
+	Score float64
+	// Threshold is the threshold the score was compared with (the calibrated
+	// one in target-rate mode, an alias's own when it has one).
 	Threshold float64
-	// Escalated is true when the score sent the request past the default tier.
+	// Escalated is true when the request goes past the cheapest tier.
 	Escalated bool
+	// Reason says why it escalated: "score", "alias" or "header"; "" when it
+	// did not.
+	Reason string
 }
 
-// Policy is a compiled routing configuration. It never changes after Compile.
-type Policy struct {
-	scorer    Scorer
+// Reasons for an escalation.
+const (
+	ReasonScore  = "score"
+	ReasonAlias  = "alias"
+	ReasonHeader = "header"
+)
+
+// ErrUnknownTier is returned for a tier override that names no tier.
+var ErrUnknownTier = errors.New("unknown tier")
+
+// aliasMode is how an alias decides.
+type aliasMode uint8
+
+const (
+	modeAuto   aliasMode = iota // the routing policy
+	modeFixed                   // its own fixed threshold
+	modeNever                   // always the cheapest tier
+	modeAlways                  // always the most capable tier
+)
+
+type aliasPolicy struct {
+	mode      aliasMode
 	threshold float64
-	small     string
-	large     string
 }
 
-// Compile builds a Policy for tiers ordered cheapest first.
-func Compile(c config.Routing, tiers []string) (*Policy, error) {
+// Policy is a compiled routing configuration. Its settings never change after
+// Compile; in target-rate mode its Calibrator moves the threshold.
+type Policy struct {
+	scorer      Scorer
+	threshold   float64     // fixed mode, and the calibrator's warm-up
+	cal         *Calibrator // nil in fixed mode
+	tiers       []string    // cheapest first
+	small       string
+	large       string
+	aliases     map[string]aliasPolicy
+	allowHeader bool
+}
+
+// Compile builds a Policy for tiers ordered cheapest first. In target-rate
+// mode it keeps prev, the calibrator of the policy it replaces, when prev
+// matches c (same target, window and scorer), so a reload does not lose the
+// calibration; otherwise it starts a new one. prev may be nil.
+func Compile(c config.Routing, tiers []string, prev *Calibrator) (*Policy, error) {
 	if len(tiers) == 0 {
 		return nil, fmt.Errorf("router: no tiers")
 	}
-	return &Policy{
-		scorer:    LengthScorer{},
-		threshold: c.Threshold,
-		small:     tiers[0],
-		large:     tiers[len(tiers)-1],
-	}, nil
+	p := &Policy{
+		scorer:      LengthScorer{},
+		threshold:   c.Threshold,
+		tiers:       append([]string(nil), tiers...),
+		small:       tiers[0],
+		large:       tiers[len(tiers)-1],
+		aliases:     make(map[string]aliasPolicy, len(c.Aliases)),
+		allowHeader: c.AllowTierHeader,
+	}
+	if c.TargetEscalationRate > 0 {
+		if prev.Matches(c) {
+			p.cal = prev
+		} else {
+			p.cal = NewCalibrator(c)
+		}
+	}
+	for _, a := range c.Aliases {
+		ap := aliasPolicy{mode: modeAuto}
+		switch a.Mode {
+		case "", "auto":
+			if a.Threshold != nil {
+				ap = aliasPolicy{mode: modeFixed, threshold: *a.Threshold}
+			}
+		case "never":
+			ap.mode = modeNever
+		case "always":
+			ap.mode = modeAlways
+		default:
+			return nil, fmt.Errorf("router: alias %q: mode must be auto, never or always, got %q", a.Name, a.Mode)
+		}
+		p.aliases[a.Name] = ap
+	}
+	return p, nil
 }
 
-// Decide scores in and picks a tier. Pure CPU, no I/O.
-func (p *Policy) Decide(in *Input) Decision {
-	s := p.scorer.Score(in)
-	d := Decision{Tier: p.small, Score: s, Threshold: p.threshold}
-	if s >= p.threshold && p.large != p.small {
-		d.Tier, d.Escalated = p.large, true
+// Calibrator is the policy's calibrator, nil with a fixed threshold.
+func (p *Policy) Calibrator() *Calibrator { return p.cal }
+
+// Threshold is the threshold requests with model "auto" are compared with
+// now.
+func (p *Policy) Threshold() float64 {
+	if a, ok := p.aliases["auto"]; ok && a.mode == modeFixed {
+		return a.threshold
 	}
+	if p.cal != nil {
+		return p.cal.Threshold()
+	}
+	return p.threshold
+}
+
+// TargetRate is the target escalation rate, 0 with a fixed threshold.
+func (p *Policy) TargetRate() float64 {
+	if p.cal == nil {
+		return 0
+	}
+	return p.cal.Target()
+}
+
+// Tiers are the policy's tiers, cheapest first. Callers must not modify it.
+func (p *Policy) Tiers() []string { return p.tiers }
+
+// Decide scores in and picks a tier for model "auto". Pure CPU, no I/O, no
+// allocations. In target-rate mode the score feeds the calibration.
+func (p *Policy) Decide(in *Input) Decision {
+	d, _ := p.decide("auto", "", in, true)
 	return d
+}
+
+// Route decides for a request that named model (auto or an alias; any other
+// name is treated as auto) and carried tierHeader, the X-Cascade-Tier header
+// ("" when absent). The header pins the tier when the config allows it and is
+// ignored otherwise; naming no tier it returns ErrUnknownTier. In target-rate
+// mode, the scores of requests decided by the calibrated threshold feed the
+// calibration. No allocations unless it returns an error.
+func (p *Policy) Route(model, tierHeader string, in *Input) (Decision, error) {
+	return p.decide(model, tierHeader, in, true)
+}
+
+// DryRun is Route without feeding the calibration: what the policy would do
+// now.
+func (p *Policy) DryRun(model, tierHeader string, in *Input) (Decision, error) {
+	return p.decide(model, tierHeader, in, false)
+}
+
+func (p *Policy) decide(model, tierHeader string, in *Input, observe bool) (Decision, error) {
+	ap := p.aliases[model] // zero value: auto
+	d := Decision{Tier: p.small, Score: p.scorer.Score(in)}
+	if p.allowHeader && tierHeader != "" {
+		for i, t := range p.tiers {
+			if t == tierHeader {
+				d.Tier, d.Threshold = t, p.autoThreshold(ap)
+				if i > 0 {
+					d.Escalated, d.Reason = true, ReasonHeader
+				}
+				return d, nil
+			}
+		}
+		return Decision{}, fmt.Errorf("%w %q", ErrUnknownTier, tierHeader)
+	}
+	var esc bool
+	switch ap.mode {
+	case modeNever:
+		d.Threshold = p.autoThreshold(ap)
+		return d, nil
+	case modeAlways:
+		d.Threshold = p.autoThreshold(ap)
+		if p.large != p.small {
+			d.Tier, d.Escalated, d.Reason = p.large, true, ReasonAlias
+		}
+		return d, nil
+	case modeFixed:
+		d.Threshold = ap.threshold
+		esc = d.Score >= ap.threshold
+	default:
+		if p.cal != nil {
+			if observe {
+				esc, d.Threshold = p.cal.Decide(d.Score)
+			} else {
+				ct := p.cal.cut.Load()
+				esc, d.Threshold = ct.escalates(d.Score), ct.threshold
+			}
+		} else {
+			d.Threshold = p.threshold
+			esc = d.Score >= p.threshold
+		}
+	}
+	if esc && p.large != p.small {
+		d.Tier, d.Escalated, d.Reason = p.large, true, ReasonScore
+	}
+	return d, nil
+}
+
+func (p *Policy) autoThreshold(ap aliasPolicy) float64 {
+	if ap.mode == modeFixed {
+		return ap.threshold
+	}
+	if p.cal != nil {
+		return p.cal.Threshold()
+	}
+	return p.threshold
 }
