@@ -198,6 +198,7 @@ func (g *Gateway) routes() {
 	})
 	g.app.Post("/v1/chat/completions", func(c *fiber.Ctx) error { return g.complete(c, true) })
 	g.app.Post("/v1/completions", func(c *fiber.Ctx) error { return g.complete(c, false) })
+	g.opsRouter().Get("/dashboard", serveDashboard)
 	g.adminRoutes()
 	g.app.Use(func(c *fiber.Ctx) error {
 		return writeError(c, &apiError{Status: 404, Type: "invalid_request_error", Code: "not_found",

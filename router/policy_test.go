@@ -117,6 +117,16 @@ func TestCompileErrors(t *testing.T) {
 	if _, err := Compile(config.Routing{Aliases: []config.Alias{{Name: "x", Mode: "sometimes"}}}, []string{"a"}, nil); err == nil {
 		t.Fatal("bad alias mode accepted")
 	}
+	if _, err := Compile(config.Routing{ModelFile: "/nonexistent/model.json"}, []string{"a"}, nil); err == nil {
+		t.Fatal("missing model file accepted")
+	}
+	p, err := Compile(config.Routing{Scorer: "length"}, []string{"a"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.Scorer().(LengthScorer); !ok {
+		t.Fatalf("scorer length compiled to %T", p.Scorer())
+	}
 }
 
 // TestPolicyTargetMode: in target mode Route feeds the calibrator, DryRun

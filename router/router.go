@@ -118,8 +118,12 @@ func Compile(c config.Routing, tiers []string, prev *Calibrator) (*Policy, error
 	if len(tiers) == 0 {
 		return nil, fmt.Errorf("router: no tiers")
 	}
+	scorer, err := NewScorer(c)
+	if err != nil {
+		return nil, err
+	}
 	p := &Policy{
-		scorer:      LengthScorer{},
+		scorer:      scorer,
 		threshold:   c.Threshold,
 		tiers:       append([]string(nil), tiers...),
 		small:       tiers[0],
@@ -152,6 +156,9 @@ func Compile(c config.Routing, tiers []string, prev *Calibrator) (*Policy, error
 	}
 	return p, nil
 }
+
+// Scorer is the policy's scorer (routing.scorer).
+func (p *Policy) Scorer() Scorer { return p.scorer }
 
 // Calibrator is the policy's calibrator, nil with a fixed threshold.
 func (p *Policy) Calibrator() *Calibrator { return p.cal }
