@@ -59,6 +59,7 @@ type Endpoint struct {
 	// queue is the upstream's own reported waiting requests (scraped), if any.
 	queue atomic.Int64
 	cb    *gobreaker.TwoStepCircuitBreaker[struct{}]
+	tel   *endpointTel // span names and metric attributes (trace.go)
 	// latency and errRate are recent moving averages (stats.go); load is the
 	// last scraped report (scrape.go).
 	latency, errRate ewma
@@ -97,6 +98,7 @@ func newEndpoint(tier string, ec config.Endpoint, bc config.Breaker) *Endpoint {
 		e.Weight = 1
 	}
 	e.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](breakerSettings(e.key(), bc))
+	e.tel = newEndpointTel(e)
 	return e
 }
 
@@ -174,6 +176,7 @@ type Response struct {
 	Endpoint *Endpoint
 	Attempts int
 	done     func(error)
+	att      attempt // the attempt's span and timing (trace.go)
 }
 
 // Finish reports the outcome of the whole exchange to the endpoint's breaker
@@ -181,6 +184,7 @@ type Response struct {
 func (r *Response) Finish(err error) {
 	r.Body.Close()
 	r.Endpoint.inflight.Add(-1)
+	r.att.end(r.Endpoint, err, 0)
 	r.Endpoint.finish(r.done, err)
 }
 
@@ -205,12 +209,14 @@ func (p *Pool) Send(ctx context.Context, c *Client, req *Request, retries int) (
 		}
 		e.inflight.Add(1)
 		sent := time.Now()
-		resp, err := c.do(ctx, e, req)
+		actx, att := c.tel.start(ctx, e, req)
+		resp, err := c.do(actx, e, req)
 		if err == nil && resp.StatusCode < 300 {
 			e.observeLatency(time.Since(sent))
-			return &Response{Response: resp, Endpoint: e, Attempts: len(excluded), done: done}, nil
+			return &Response{Response: resp, Endpoint: e, Attempts: len(excluded), done: done, att: att}, nil
 		}
 		e.inflight.Add(-1)
+		att.end(e, err, statusOf(resp))
 		if err != nil {
 			if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
 				e.finish(done, context.Canceled)
@@ -248,7 +254,8 @@ func (p *Pool) Send(ctx context.Context, c *Client, req *Request, retries int) (
 // Client is the upstream HTTP client: pooled keep-alive connections, connect
 // and first-byte timeouts.
 type Client struct {
-	hc *http.Client
+	hc  *http.Client
+	tel *telemetry // nil: no spans, no metrics (trace.go)
 }
 
 // NewClient builds a client with the given timeouts.
@@ -278,6 +285,7 @@ func (c *Client) do(ctx context.Context, e *Endpoint, req *Request) (*http.Respo
 	for k, v := range req.Header {
 		hr.Header[k] = v
 	}
+	c.tel.inject(ctx, hr.Header)
 	hr.Header.Set("Content-Type", "application/json")
 	if e.apiKey != "" {
 		hr.Header.Set("Authorization", "Bearer "+e.apiKey)

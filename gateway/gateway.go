@@ -7,12 +7,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"sort"
 	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/cascade-gateway/cascade/backends"
 	"github.com/cascade-gateway/cascade/config"
@@ -30,6 +34,13 @@ type Options struct {
 	Redis redis.UniversalClient
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// TracerProvider and MeterProvider receive the gateway's spans and
+	// metrics (telemetry.go); nil means the otel globals.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	// Metrics, when set, serves GET /metrics (the Prometheus exporter's
+	// handler, see cmd/cascade/otel.go).
+	Metrics http.Handler
 }
 
 // Gateway serves the API. Its configuration is an immutable snapshot swapped
@@ -39,7 +50,8 @@ type Gateway struct {
 	snap     atomic.Pointer[snapshot]
 	registry *backends.Registry
 	opts     Options
-	ops      operator // reloads, admin listener, scraping (admin.go)
+	tel      *telemetry // tracer and instruments (telemetry.go)
+	ops      operator   // reloads, admin listener, scraping (admin.go)
 }
 
 // snapshot is everything a request needs, built once per configuration.
@@ -51,6 +63,7 @@ type snapshot struct {
 	models map[string]route // every name a client may send as "model"
 	// modelList is the prebuilt /v1/models body.
 	modelList []byte
+	tel       *telSets // metric attribute sets (telemetry.go)
 	// pricer prices each record in dollars and energy.
 	pricer *costing.Pricer
 }
@@ -73,6 +86,11 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		registry: backends.NewRegistry(backends.NewClient(cfg.Timeouts)),
 		opts:     opts,
 	}
+	tel, err := newTelemetry(g)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
+	}
+	g.tel = tel
 	g.initOps(cfg)
 	if err := g.Apply(cfg); err != nil {
 		g.ops.scraper.Stop()
@@ -149,6 +167,8 @@ func (g *Gateway) Apply(cfg *config.Config) (err error) {
 	}
 	s.modelList = buildModelList(s.models, g.now())
 	s.pools = g.registry.Pools(cfg)
+	s.tel = buildTelSets(cfg)
+	s.tel.addEndpoints(s.pools)
 	s.pricer = costing.NewPricer(cfg.Tiers)
 	g.snap.Store(s)
 	return nil
@@ -190,6 +210,10 @@ func buildModelList(models map[string]route, now time.Time) []byte {
 
 func (g *Gateway) routes() {
 	g.app.Use(g.requestID)
+	g.app.Use(g.tracing)
+	if g.opts.Metrics != nil {
+		g.app.Get("/metrics", adaptor.HTTPHandler(g.opts.Metrics))
+	}
 	g.app.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok") })
 	g.app.Get("/readyz", g.ready)
 	g.app.Get("/v1/models", func(c *fiber.Ctx) error {

@@ -16,6 +16,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/cascade-gateway/cascade/backends"
 	"github.com/cascade-gateway/cascade/costing"
@@ -83,6 +84,9 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	if reason == "" {
 		reason = "false"
 	}
+	span := trace.SpanFromContext(c.UserContext()) // the server span (telemetry.go)
+	routed(span, req, &dec)
+	captureInput(s, span, req)
 
 	path := "/completions"
 	if chat {
@@ -92,7 +96,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	up := &backends.Request{Path: path, Header: http.Header{headerRequestID: {c.Locals(headerRequestID).(string)}},
 		Body: upstreamBody(body, req.Stream)}
 
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeouts.Total)
+	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.Timeouts.Total)
 	var resp *backends.Response
 	tier := dec.Tier
 	for i, t := range s.tryOrder(dec.Tier) {
@@ -113,6 +117,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 		Escalated: reason != "false", Reason: reasonOrEmpty(reason), Score: dec.Score,
 		KeyID: keyID(c.Get(fiber.HeaderAuthorization)),
 	}
+	rec.TraceID = traceID(span)
 	if err != nil {
 		cancel()
 		rec.Latency = g.now().Sub(start)
@@ -121,6 +126,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 			rec.Status = costing.StatusTimeout
 		}
 		g.finish(s, &rec)
+		annotate(span, &rec, false)
 		return writeError(c, err)
 	}
 	rec.Model, rec.Endpoint = resp.Endpoint.Model, resp.Endpoint.URL
@@ -139,6 +145,11 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 
 	if !req.Stream {
 		data, rerr := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+		var u backends.Usage
+		if rerr == nil {
+			u = backends.ParseUsage(data)
+			resp.RecordUsage(u)
+		}
 		resp.Finish(rerr)
 		cancel()
 		rec.Latency = g.now().Sub(start)
@@ -146,12 +157,14 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 		if rerr != nil {
 			rec.Status = costing.StatusUpstreamError
 			g.finish(s, &rec)
+			annotate(span, &rec, false)
 			return writeError(c, &apiError{Status: 502, Type: "upstream_error", Code: "upstream_broken",
 				Message: "the model backend's answer broke off: " + rerr.Error()})
 		}
-		u := backends.ParseUsage(data)
 		setTokens(&rec, u, promptChars, len(jsonString(data, "choices.0.message.content"))+len(jsonString(data, "choices.0.text")))
 		g.finish(s, &rec)
+		annotate(span, &rec, false)
+		captureOutput(s, span, data, u.FinishReason)
 		c.Status(resp.StatusCode)
 		c.Set(fiber.HeaderContentType, resp.Header.Get(fiber.HeaderContentType))
 		return c.Send(data)
@@ -163,7 +176,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	c.Set("X-Accel-Buffering", "no")
 	idle := s.cfg.Timeouts.StreamIdle
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-		g.relay(ctx, cancel, resp, w, relayState{snap: s, rec: rec, start: start, idle: idle,
+		g.relay(ctx, cancel, resp, w, relayState{snap: s, span: span, rec: rec, start: start, idle: idle,
 			promptChars: promptChars, keepUsage: clientWantsUsage})
 	})
 	return nil
@@ -254,6 +267,7 @@ func setTokens(rec *costing.Record, u backends.Usage, promptChars, outChars int)
 
 type relayState struct {
 	snap        *snapshot
+	span        trace.Span // the server span, ended when the stream is
 	rec         costing.Record
 	start       time.Time
 	idle        time.Duration
@@ -316,10 +330,12 @@ func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, resp *ba
 		w.Flush()
 		break
 	}
+	resp.RecordUsage(sc.Usage)
 	resp.Finish(outcome)
 	rec.Latency = g.now().Sub(st.start)
 	setTokens(&rec, sc.Usage, st.promptChars, sc.Chunks*4)
 	g.finish(st.snap, &rec)
+	annotate(st.span, &rec, true)
 }
 
 var errStreamBroken = errors.New("upstream stream broke off")

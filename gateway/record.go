@@ -15,6 +15,7 @@ import (
 func (g *Gateway) finish(s *snapshot, rec *costing.Record) {
 	s.pricer.Price(rec)
 	g.opts.Recorder.Record(*rec)
+	g.tel.record(s, rec)
 }
 
 // keyID names the caller's API key in records without revealing it: the

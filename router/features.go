@@ -25,6 +25,8 @@ const (
 	fCodeChars
 	fDigitShare
 	fNumbers
+	fDecimals
+	fFractions
 	fMathOps
 	fLatex
 	fQuestions
@@ -86,7 +88,7 @@ func DenseNames() []string {
 	n := []string{
 		"len_bytes", "len_words", "avg_word_len", "long_word_share", "lines",
 		"list_items", "code_fences", "table_lines", "indented_lines", "code_chars",
-		"digit_share", "numbers", "math_ops", "latex", "questions", "sentences",
+		"digit_share", "numbers", "decimals", "fractions", "math_ops", "latex", "questions", "sentences",
 		"words_per_sentence", "upper_share", "punct_share", "non_ascii_share",
 		"quotes", "parens", "money_percent", "choice_lines", "blank_lines",
 		"messages", "user_turns", "has_system", "system_len", "assistant_len",
@@ -102,7 +104,7 @@ func FeatureGroups() map[string][]int {
 		"length":       {fLenBytes, fLenWords, fAvgWordLen, fLongWordShare, fLines, fSentences, fWordsPerSentence},
 		"structure":    {fListItems, fCodeFences, fTableLines, fIndentLines, fBlankLines, fChoiceLines, fQuotes, fParens},
 		"code":         {fCodeChars, fKwBase + catCode},
-		"math":         {fDigitShare, fNumbers, fMathOps, fLatex, fMoneyPct, fKwBase + catMath, fKwBase + catQuantity},
+		"math":         {fDigitShare, fNumbers, fDecimals, fFractions, fMathOps, fLatex, fMoneyPct, fKwBase + catMath, fKwBase + catQuantity},
 		"reasoning":    {fKwBase + catReasoning, fKwBase + catMultiStep},
 		"constraints":  {fKwBase + catConstraint, fKwBase + catNegation, fKwBase + catSubtle},
 		"questions":    {fQuestions, fKwBase + catSimple, fKwBase + catInstruction},
@@ -321,7 +323,7 @@ type counts struct {
 	words, wordBytes, longWords, numbers, mathOps, latex, questions  float32
 	sentences, lines, listItems, codeFences, tableLines, indentLines float32
 	codeChars, quotes, parens, moneyPct, choiceLines, blankLines     float32
-	systemBytes, assistantBytes                                      float32
+	systemBytes, assistantBytes, decimals, fractions                 float32
 	kw                                                               [numCats]float32
 	messages, userTurns                                              float32
 	hasSystem                                                        bool
@@ -361,13 +363,14 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 		words, wordBytes, longWords, numbers, mathOps, latex   int
 		questions, sentences, lines, listItems, fences, tables int
 		indent, codeChars, quotes, parens, money, choices      int
-		blank                                                  int
+		blank, decimals, fractions                             int
 		kw                                                     [numCats]int
 	)
 	var (
 		h         uint64 // hash of the current word
 		wStart    = -1   // start of the current word, -1 outside words
 		isNum     bool
+		isDec     bool
 		prev      uint64 // previous token hash, 0 at a boundary
 		prevStart int
 		pipes     int
@@ -424,6 +427,7 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				wStart = i
 				h = fnvOffset
 				isNum = cl == cDigit
+				isDec = false
 			}
 			b := ch
 			if cl == cUpper {
@@ -435,12 +439,21 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 			// End of a token, unless a decimal point or thousands
 			// separator continues a number ("3.14", "1,000").
 			if isNum && i+1 < n && (ch == '.' || ch == ',') && charClass[s[i+1]] == cDigit {
+				if ch == '.' {
+					isDec = true
+				}
 				goto classify
+			}
+			if isNum && ch == '/' && i+1 < n && charClass[s[i+1]] == cDigit {
+				fractions++
 			}
 			wl := i - wStart
 			tok := h
 			if isNum {
 				numbers++
+				if isDec {
+					decimals++
+				}
 				tok = numToken
 			} else {
 				words++
@@ -533,6 +546,8 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 	c.longWords += f(longWords)
 	c.numbers += f(numbers)
 	c.mathOps += f(mathOps)
+	c.decimals += f(decimals)
+	c.fractions += f(fractions)
 	c.latex += f(latex)
 	c.questions += f(questions)
 	c.sentences += f(sentences)
@@ -584,6 +599,8 @@ func fill(in *Input, c *counts, d *Dense) {
 	d[fCodeChars] = ratio(c.codeChars, scanned)
 	d[fDigitShare] = ratio(c.digits, scanned)
 	d[fNumbers] = log1p(c.numbers)
+	d[fDecimals] = log1p(c.decimals)
+	d[fFractions] = log1p(c.fractions)
 	d[fMathOps] = log1p(c.mathOps)
 	d[fLatex] = log1p(c.latex)
 	d[fQuestions] = log1p(c.questions)

@@ -530,8 +530,8 @@ func fitLR(rows []trainRow, z [][]float64, nD int, y, sw []float64, l2d, l2g flo
 
 // fitTopic estimates, for each n-gram bucket, how far the subjects of the
 // prompts containing it lie from the mean (a smoothed target encoding):
-// w[b] = Σ x·(prior − mean) / (Σ x + k). A prompt's topic score is then the
-// x-weighted sum of its buckets' estimates.
+// over the prompts containing bucket b, w[b] = Σ (prior − mean) / (count + k).
+// A prompt's topic score is then the mean of its n-grams' estimates.
 func fitTopic(rows []trainRow, prior, sw []float64, nG int, k float64) []float64 {
 	if k <= 0 {
 		k = DefaultTopicSmoothing
@@ -552,9 +552,8 @@ func fitTopic(rows []trainRow, prior, sw []float64, nG int, k float64) []float64
 			continue
 		}
 		for _, h := range rows[i].grams {
-			x := sw[i] * float64(h.Weight)
-			num[h.Bucket] += x * (prior[i] - m)
-			den[h.Bucket] += x
+			num[h.Bucket] += sw[i] * (prior[i] - m)
+			den[h.Bucket] += sw[i]
 		}
 	}
 	for b := range num {

@@ -1,0 +1,217 @@
+package router
+
+import (
+	"math"
+	"math/rand/v2"
+	"sort"
+)
+
+// Routing quality, measured as RouteLLM does: sort prompts by score, send the
+// top share x to the strong model and the rest to the weak one; quality(x) is
+// the mean correctness of the model each prompt went to.
+//
+//	PGR(x)  = (quality(x) − weak) / (strong − weak)
+//	APGR    = (AUC of quality over x in [0,1] − weak) / (strong − weak)
+//	CPT(p)  = smallest x with PGR(x) = p, interpolated
+//
+// quality is taken at EvalPoints evenly spaced shares (0, 10%, ..., 100%) and
+// interpolated linearly between them. Prompts with equal scores share the
+// boundary: when a tie straddles the cut, each tied prompt goes to the strong
+// model with the same fraction, so the result does not depend on input order.
+
+// EvalPoints is the number of evaluation shares (0..100% in steps of 10).
+const EvalPoints = 11
+
+// Metrics summarises a router on a labelled set.
+type Metrics struct {
+	N int
+	// Weak and Strong are the mean correctness of each model alone.
+	Weak, Strong float64
+	// Shares are the evaluated shares of strong calls; Quality and PGR the
+	// values at each.
+	Shares, Quality, PGR []float64
+	APGR, CPT50, CPT80   float64
+}
+
+// QualityAt returns the quality when the top share x of prompts (by score)
+// go to the strong model. Ties at the cut are split evenly.
+func QualityAt(scores []float64, weak, strong []int, x float64) float64 {
+	order := sortedByScore(scores)
+	return qualityAt(order, scores, weak, strong, x)
+}
+
+func sortedByScore(scores []float64) []int {
+	order := make([]int, len(scores))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return scores[order[a]] > scores[order[b]] })
+	return order
+}
+
+func qualityAt(order []int, scores []float64, weak, strong []int, x float64) float64 {
+	n := len(order)
+	if n == 0 {
+		return 0
+	}
+	var base float64
+	for _, w := range weak {
+		base += float64(w)
+	}
+	m := x * float64(n) // prompts to route, possibly fractional
+	var gain float64
+	taken := 0.0
+	for i := 0; i < n && taken < m; {
+		j := i
+		var g float64
+		for j < n && scores[order[j]] == scores[order[i]] {
+			k := order[j]
+			g += float64(strong[k] - weak[k])
+			j++
+		}
+		size := float64(j - i)
+		if taken+size <= m {
+			gain += g
+			taken += size
+		} else {
+			gain += g * (m - taken) / size
+			taken = m
+		}
+		i = j
+	}
+	return (base + gain) / float64(n)
+}
+
+// Evaluate computes the routing metrics of scores against outcomes.
+func Evaluate(scores []float64, weak, strong []int) Metrics {
+	n := len(scores)
+	mt := Metrics{N: n}
+	if n == 0 {
+		return mt
+	}
+	for i := 0; i < n; i++ {
+		mt.Weak += float64(weak[i])
+		mt.Strong += float64(strong[i])
+	}
+	mt.Weak /= float64(n)
+	mt.Strong /= float64(n)
+	order := sortedByScore(scores)
+	gap := mt.Strong - mt.Weak
+	mt.Shares = make([]float64, EvalPoints)
+	mt.Quality = make([]float64, EvalPoints)
+	mt.PGR = make([]float64, EvalPoints)
+	for k := 0; k < EvalPoints; k++ {
+		x := float64(k) / float64(EvalPoints-1)
+		mt.Shares[k] = x
+		mt.Quality[k] = qualityAt(order, scores, weak, strong, x)
+		if gap != 0 {
+			mt.PGR[k] = (mt.Quality[k] - mt.Weak) / gap
+		}
+	}
+	var auc float64
+	for k := 1; k < EvalPoints; k++ {
+		auc += (mt.Quality[k] + mt.Quality[k-1]) / 2 * (mt.Shares[k] - mt.Shares[k-1])
+	}
+	if gap != 0 {
+		mt.APGR = (auc - mt.Weak) / gap
+	}
+	mt.CPT50 = cpt(mt.Shares, mt.PGR, 0.5)
+	mt.CPT80 = cpt(mt.Shares, mt.PGR, 0.8)
+	return mt
+}
+
+// cpt returns the smallest share at which the interpolated PGR curve reaches
+// p, or NaN if it never does.
+func cpt(x, pgr []float64, p float64) float64 {
+	if len(pgr) == 0 {
+		return math.NaN()
+	}
+	if pgr[0] >= p {
+		return x[0]
+	}
+	for k := 1; k < len(pgr); k++ {
+		if pgr[k] >= p {
+			d := pgr[k] - pgr[k-1]
+			return x[k-1] + (p-pgr[k-1])/d*(x[k]-x[k-1])
+		}
+	}
+	return math.NaN()
+}
+
+// RandomMetrics averages the metrics of reps seeded random orderings.
+func RandomMetrics(weak, strong []int, seed uint64, reps int) Metrics {
+	r := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
+	scores := make([]float64, len(weak))
+	var acc Metrics
+	for rep := 0; rep < reps; rep++ {
+		for i := range scores {
+			scores[i] = r.Float64()
+		}
+		m := Evaluate(scores, weak, strong)
+		if rep == 0 {
+			acc = m
+			acc.Quality = append([]float64(nil), m.Quality...)
+			acc.PGR = append([]float64(nil), m.PGR...)
+			continue
+		}
+		acc.APGR += m.APGR
+		acc.CPT50 += m.CPT50
+		acc.CPT80 += m.CPT80
+		for k := range m.Quality {
+			acc.Quality[k] += m.Quality[k]
+			acc.PGR[k] += m.PGR[k]
+		}
+	}
+	if reps > 1 {
+		f := float64(reps)
+		acc.APGR /= f
+		acc.CPT50 /= f
+		acc.CPT80 /= f
+		for k := range acc.Quality {
+			acc.Quality[k] /= f
+			acc.PGR[k] /= f
+		}
+	}
+	return acc
+}
+
+// OracleScores orders prompts by what escalation actually gains: the best
+// any router could do on this set.
+func OracleScores(weak, strong []int) []float64 {
+	s := make([]float64, len(weak))
+	for i := range s {
+		s[i] = float64(strong[i] - weak[i])
+	}
+	return s
+}
+
+// Outcomes returns the weak and strong correctness columns of examples.
+func Outcomes(ex []Example) (weak, strong []int) {
+	weak = make([]int, len(ex))
+	strong = make([]int, len(ex))
+	for i := range ex {
+		weak[i], strong[i] = ex[i].Weak, ex[i].Strong
+	}
+	return weak, strong
+}
+
+// ScoreAll scores every example with s.
+func ScoreAll(s Scorer, ex []Example) []float64 {
+	out := make([]float64, len(ex))
+	for i := range ex {
+		out[i] = s.Score(ex[i].Input())
+	}
+	return out
+}
+
+// BySource groups examples by their source, in first-seen order.
+func BySource(ex []Example) (names []string, groups map[string][]Example) {
+	groups = map[string][]Example{}
+	for _, e := range ex {
+		if _, ok := groups[e.Source]; !ok {
+			names = append(names, e.Source)
+		}
+		groups[e.Source] = append(groups[e.Source], e)
+	}
+	return names, groups
+}
