@@ -3,6 +3,7 @@ package costing
 import (
 	"context"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -100,6 +101,10 @@ type StatsReporter interface {
 	Stats() RecorderStats
 }
 
+// writers is how many pipelines may be in flight at once: one is built
+// while another waits for Redis.
+const writers = 2
+
 // flushAttempts bounds how often a batch's commands are sent before its
 // records are counted as dropped.
 const flushAttempts = 5
@@ -126,10 +131,14 @@ type RedisRecorder struct {
 	timeout  time.Duration // per flush attempt
 
 	q       chan Record
+	jobs    chan job
 	closed  atomic.Bool
 	closing chan struct{}
 	done    chan struct{}
-	stopCtx context.Context // set before closing is closed
+	stopCtx context.Context // Close's context, set before closing is closed
+	// runCtx bounds normal flushes; cancelled when Close's context ends.
+	runCtx    context.Context
+	cancelRun context.CancelFunc
 
 	inFlight, dropped, written, errors atomic.Int64
 
@@ -163,11 +172,13 @@ func NewRedisRecorder(rdb redis.UniversalClient, prefix string, c config.Recorde
 		maxLen: int64(c.StreamMaxLen), ttl: c.Retention, minTTL: min(c.Retention, MinuteRetention),
 		timeout: max(2*time.Second, 5*c.FlushInterval),
 		q:       make(chan Record, c.QueueSize),
+		jobs:    make(chan job),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
 		agg:     map[aggKey]*[nFields]int64{},
 		index:   map[indexKey]struct{}{},
 	}
+	r.runCtx, r.cancelRun = context.WithCancel(context.Background())
 	go r.run()
 	return r
 }
@@ -208,26 +219,34 @@ func (r *RedisRecorder) Close(ctx context.Context) error {
 	case <-r.done:
 		return nil
 	case <-ctx.Done():
+		r.cancelRun() // abandon flushes in progress
 		return ctx.Err()
 	}
 }
 
 func (r *RedisRecorder) run() {
 	defer close(r.done)
+	defer r.cancelRun()
+	var wg sync.WaitGroup
+	for range writers {
+		wg.Go(r.write)
+	}
+	defer wg.Wait()
+	defer close(r.jobs)
 	tick := time.NewTicker(r.interval)
 	defer tick.Stop()
 	batch := make([]Record, 0, r.batch)
-	ctx := context.Background()
 	for {
 		select {
 		case rec := <-r.q:
+			r.inFlight.Add(1)
 			batch = append(batch, rec)
 			if len(batch) >= r.batch {
-				batch = r.flush(ctx, batch, r.closing)
+				batch = r.send(batch)
 			}
 		case <-tick.C:
 			if len(batch) > 0 {
-				batch = r.flush(ctx, batch, r.closing)
+				batch = r.send(batch)
 			}
 		case <-r.closing:
 			r.drain(r.stopCtx, batch)
@@ -236,12 +255,29 @@ func (r *RedisRecorder) run() {
 	}
 }
 
-// drain writes what is queued until ctx ends and counts the rest as dropped.
+// job is the commands of one batch of n records.
+type job struct {
+	cmds [][]any
+	n    int64
+}
+
+// send turns batch into a job for the writers and returns it emptied for
+// reuse. It waits while both writers are busy: the queue buffers meanwhile.
+func (r *RedisRecorder) send(batch []Record) []Record {
+	n := int64(len(batch))
+	j := job{cmds: r.commands(batch), n: n}
+	clear(batch)
+	r.jobs <- j
+	return batch[:0]
+}
+
+// drain sends what is queued until ctx ends and counts the rest as dropped.
 func (r *RedisRecorder) drain(ctx context.Context, batch []Record) {
 	for ctx.Err() == nil {
 		for len(batch) < r.batch {
 			select {
 			case rec := <-r.q:
+				r.inFlight.Add(1)
 				batch = append(batch, rec)
 				continue
 			default:
@@ -251,9 +287,10 @@ func (r *RedisRecorder) drain(ctx context.Context, batch []Record) {
 		if len(batch) == 0 {
 			return
 		}
-		batch = r.flush(ctx, batch, nil)
+		batch = r.send(batch)
 	}
 	r.dropped.Add(int64(len(batch)))
+	r.inFlight.Add(-int64(len(batch)))
 	for {
 		select {
 		case <-r.q:
@@ -264,32 +301,32 @@ func (r *RedisRecorder) drain(ctx context.Context, batch []Record) {
 	}
 }
 
-// flush writes batch, retrying the commands that failed, and returns the
-// batch emptied for reuse. A backoff ends early when stop is closed.
-func (r *RedisRecorder) flush(ctx context.Context, batch []Record, stop <-chan struct{}) []Record {
-	n := int64(len(batch))
-	r.inFlight.Store(n)
-	defer r.inFlight.Store(0)
-	pending := r.commands(batch)
-	backoff := 100 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		pending = r.exec(ctx, pending)
-		if len(pending) == 0 {
-			r.written.Add(n)
-			break
+// write runs jobs until there are no more: each job's commands are sent as
+// one pipeline, and those that failed re-sent with backoff, up to
+// flushAttempts times, before the job's records are counted as dropped.
+func (r *RedisRecorder) write() {
+	ctx := r.runCtx
+	for j := range r.jobs {
+		pending := j.cmds
+		backoff := 100 * time.Millisecond
+		for attempt := 1; ; attempt++ {
+			pending = r.exec(ctx, pending)
+			if len(pending) == 0 {
+				r.written.Add(j.n)
+				break
+			}
+			r.errors.Add(1)
+			if attempt == flushAttempts || !sleep(ctx, backoff) {
+				r.dropped.Add(j.n)
+				break
+			}
+			backoff *= 2
 		}
-		r.errors.Add(1)
-		if attempt == flushAttempts || !sleep(ctx, backoff, stop) {
-			r.dropped.Add(n)
-			break
-		}
-		backoff *= 2
+		r.inFlight.Add(-j.n)
 	}
-	clear(batch)
-	return batch[:0]
 }
 
-func sleep(ctx context.Context, d time.Duration, stop <-chan struct{}) bool {
+func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -297,8 +334,6 @@ func sleep(ctx context.Context, d time.Duration, stop <-chan struct{}) bool {
 		return true
 	case <-ctx.Done():
 		return false
-	case <-stop:
-		return true // retry once more now, then drain
 	}
 }
 
