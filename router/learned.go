@@ -1,13 +1,14 @@
 package router
 
 import (
+	"cmp"
 	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/cascade-gateway/cascade/config"
@@ -58,6 +59,8 @@ func DefaultModel() *Learned {
 	defaultOnce()
 	return defaultModel
 }
+
+var denseNames = DenseNames()
 
 var (
 	defaultModel *Learned
@@ -216,42 +219,61 @@ func (m *Learned) Explain(in *Input, k int) []Reason {
 		return nil
 	}
 	var d Dense
-	var hits []GramHit
+	size := 0
+	for i := range in.Messages {
+		size += len(in.Messages[i].Content)
+	}
+	hits := make([]GramHit, 0, min(size, maxScan)/3+8)
 	g := gramSink{weights: m.grams, mask: m.mask, record: &hits}
 	extract(in, &d, &g)
-	names := DenseNames()
-	rs := make([]Reason, 0, NumDense+len(hits))
+	names := denseNames
+	rs := make([]Reason, 0, NumDense+k)
 	for i := 0; i < NumDense; i++ {
 		c := float64(m.file.Weights[i]) * (float64(d[i]) - float64(m.file.Mean[i])) / float64(m.file.Scale[i])
 		if c != 0 {
 			rs = append(rs, Reason{Feature: names[i], Contribution: c})
 		}
 	}
+	var grams []gramReason
 	if len(m.file.Grams) > 0 && g.count > 0 {
+		// Aggregate occurrences of the same bucket; name only the winners.
 		norm := 1 / g.count
-		// Aggregate occurrences of the same n-gram text.
-		idx := map[string]int{}
-		for _, h := range hits {
+		slices.SortFunc(hits, func(a, b GramHit) int {
+			if a.Bucket != b.Bucket {
+				return cmp.Compare(a.Bucket, b.Bucket)
+			}
+			return cmp.Compare(a.Start, b.Start)
+		})
+		for i, h := range hits {
 			c := float64(h.Weight) * float64(m.grams[h.Bucket]) * norm
-			if c == 0 {
+			if n := len(grams); n > 0 && hits[grams[n-1].first].Bucket == h.Bucket {
+				grams[n-1].c += c
 				continue
 			}
-			name := "ngram:" + gramText(in, h)
-			if j, ok := idx[name]; ok {
-				rs[j].Contribution += c
-				continue
+			grams = append(grams, gramReason{first: i, c: c})
+		}
+		slices.SortStableFunc(grams, func(a, b gramReason) int { return cmp.Compare(math.Abs(b.c), math.Abs(a.c)) })
+		if len(grams) > k {
+			grams = grams[:k]
+		}
+		for _, gr := range grams {
+			if gr.c != 0 {
+				rs = append(rs, Reason{Feature: "ngram:" + gramText(in, hits[gr.first]), Contribution: gr.c})
 			}
-			idx[name] = len(rs)
-			rs = append(rs, Reason{Feature: name, Contribution: c})
 		}
 	}
-	sort.SliceStable(rs, func(a, b int) bool {
-		return math.Abs(rs[a].Contribution) > math.Abs(rs[b].Contribution)
+	slices.SortStableFunc(rs, func(a, b Reason) int {
+		return cmp.Compare(math.Abs(b.Contribution), math.Abs(a.Contribution))
 	})
 	if len(rs) > k {
 		rs = rs[:k]
 	}
 	return rs
+}
+
+type gramReason struct {
+	first int // index of the bucket's first hit
+	c     float64
 }
 
 func gramText(in *Input, h GramHit) string {

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cascade-gateway/cascade/router"
+)
+
+func init() {
+	register("train", "train the router's learned scorer on labelled JSONL", runTrain)
+}
+
+// stringsFlag collects a repeatable string flag.
+type stringsFlag []string
+
+func (s *stringsFlag) String() string     { return strings.Join(*s, ",") }
+func (s *stringsFlag) Set(v string) error { *s = append(*s, v); return nil }
+
+func runTrain(args []string) error {
+	fs := flag.NewFlagSet("train", flag.ContinueOnError)
+	var data stringsFlag
+	fs.Var(&data, "data", "labelled JSONL file (repeatable): {id, source, domain, prompt, weak, strong}")
+	out := fs.String("out", "model.json", "where to write the model")
+	seed := fs.Int64("seed", 1, "seed of the train/validation split (by prompt)")
+	label := fs.String("label", router.LabelGain, "training target: gain, weak_wrong or escalate")
+	bits := fs.Int("gram-bits", router.DefaultGramBits, "log2 of n-gram buckets; -1 trains without n-grams")
+	l2 := fs.Float64("l2", router.DefaultL2Dense, "L2 penalty on the dense feature weights")
+	smooth := fs.Float64("topic-smoothing", router.DefaultTopicSmoothing, "pseudo-count of the n-gram subject estimates")
+	iters := fs.Int("iters", router.DefaultIters, "optimiser steps")
+	balance := fs.Bool("balance", true, "weight each source equally")
+	all := fs.Bool("all", false, "train on every row (no validation half)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if len(data) == 0 {
+		return errors.New("at least one --data file is required")
+	}
+	ex, err := router.LoadExamples(data...)
+	if err != nil {
+		return err
+	}
+	train, val := router.Split(ex, *seed)
+	if *all {
+		train, val = ex, nil
+	}
+	fmt.Fprintf(os.Stderr, "train: %d examples (%d training, %d validation)\n", len(ex), len(train), len(val))
+	opt := router.TrainOptions{
+		Seed: *seed, Label: *label, GramBits: *bits, L2Dense: *l2, TopicSmoothing: *smooth,
+		Iters: *iters, BalanceSources: *balance,
+		Progress: func(it int, loss float64) {
+			fmt.Fprintf(os.Stderr, "\rtrain: step %d/%d loss %.5f", it, *iters, loss)
+		},
+	}
+	m, err := router.Train(train, opt)
+	fmt.Fprintln(os.Stderr)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%-8s %-6s %6s %7s %7s %7s\n", "source", "split", "n", "APGR", "CPT50", "CPT80")
+	rep := map[string]any{}
+	for _, part := range []struct {
+		name string
+		ex   []router.Example
+	}{{"train", train}, {"val", val}} {
+		names, groups := router.BySource(part.ex)
+		for _, src := range names {
+			g := groups[src]
+			w, s := router.Outcomes(g)
+			mt := router.Evaluate(router.ScoreAll(m, g), w, s)
+			fmt.Printf("%-8s %-6s %6d %7.3f %6.1f%% %6.1f%%\n", src, part.name, mt.N, mt.APGR, 100*mt.CPT50, 100*mt.CPT80)
+			rep[part.name+"/"+src] = map[string]float64{"apgr": round3(mt.APGR), "cpt50": round3(mt.CPT50), "cpt80": round3(mt.CPT80)}
+		}
+	}
+	var meta map[string]any
+	if err := json.Unmarshal(m.Meta(), &meta); err == nil {
+		meta["metrics"] = rep
+		names := make([]string, len(data))
+		for i, d := range data {
+			names[i] = filepath.Base(d)
+		}
+		meta["data"] = names
+		meta["validation_split"] = !*all
+		if err := m.SetMeta(meta); err != nil {
+			return err
+		}
+	}
+	if err := m.Save(*out); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "train: wrote %s\n", *out)
+	return nil
+}
+
+func round3(x float64) float64 {
+	if x != x {
+		return -1
+	}
+	return float64(int64(x*1000+0.5*sign(x))) / 1000
+}
+
+func sign(x float64) float64 {
+	if x < 0 {
+		return -1
+	}
+	return 1
+}
