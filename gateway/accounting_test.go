@@ -62,8 +62,8 @@ func accountingRedis(t *testing.T) (rdb, recClient *redis.Client, prefix string)
 	return rdb, recClient, prefix
 }
 
-// waitFor polls cond until it holds, failing the test after 10s.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitAccounted polls cond until it holds, failing the test after 10s.
+func waitAccounted(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -134,8 +134,8 @@ func TestAccountingEndToEnd(t *testing.T) {
 	cancel()
 	st.Close()
 	sent++
-	waitFor(t, "every request recorded", func() bool { return len(recorded.records()) == sent })
-	waitFor(t, "the cancelled generation to stop", func() bool { return large.Stats().Cancelled == 1 })
+	waitAccounted(t, "every request recorded", func() bool { return len(recorded.records()) == sent })
+	waitAccounted(t, "the cancelled generation to stop", func() bool { return large.Stats().Cancelled == 1 })
 
 	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
 	defer ccancel()
