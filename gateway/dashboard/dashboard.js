@@ -128,6 +128,42 @@
     return v.toFixed(1) + ' ms';
   }
 
+  // Axis labels: as many decimals as the step needs, so a column reads evenly.
+  function tickDigits(step) {
+    return step > 0 && step < 1 ? Math.min(6, Math.ceil(-Math.log10(step) - 1e-9)) : 0;
+  }
+
+  function tickUSD(step) {
+    return (v) => {
+      if (v === 0) return '$0';
+      const a = Math.abs(v);
+      const sign = v < 0 ? '−' : '';
+      if (a >= 1000) return sign + '$' + fmtCompact(a);
+      return sign + '$' + a.toFixed(Math.max(2, tickDigits(step)));
+    };
+  }
+
+  function tickWh(step) {
+    return (v) => {
+      if (v === 0) return '0';
+      if (step >= 1000) return sig(v / 1000, 4) + ' kWh';
+      if (step >= 1) return sig(v, 4) + ' Wh';
+      return sig(v * 1000, 4) + ' mWh';
+    };
+  }
+
+  function tickMs(step) {
+    return (v) => {
+      if (v === 0) return '0';
+      if (step >= 100) return sig(v / 1000, 4) + ' s';
+      return sig(v, 4) + ' ms';
+    };
+  }
+
+  function tickPct(step) {
+    return (v) => (v * 100).toFixed(Math.max(0, tickDigits(step * 100))) + '%';
+  }
+
   function fmtTokensPerWh(v) {
     v = num(v);
     return v === null ? '–' : fmtCompact(v) + ' tok/Wh';
@@ -379,7 +415,7 @@
     const over = target !== null && rate !== null && req >= 20 && rate > target * 1.2 + 0.01;
     setKPI('kpi-escalation-rate', t.escalation_rate, fmtPct(rate), escSub, over ? 'over' : '');
     setKPI('kpi-cost', t.cost_usd, fmtUSD(t.cost_usd),
-      'all-large baseline ' + fmtUSD(t.baseline_cost_usd) + (req ? ' · ' + fmtUSD((num(t.cost_usd) || 0) / req) + '/req' : ''));
+      'all-large ' + fmtUSD(t.baseline_cost_usd) + (req ? ' · ' + fmtUSD((num(t.cost_usd) || 0) / req) + '/req' : ''));
     const sav = num(t.savings_usd);
     setKPI('kpi-savings', t.savings_usd, fmtUSD(sav), fmtPct(t.savings_rate) + ' cheaper than all-large',
       sav !== null && sav > 0 ? 'good' : '');
@@ -429,6 +465,14 @@
     const lo = Math.floor(min / step + 1e-9) * step;
     const n = Math.max(1, Math.ceil((max - lo) / step - 1e-9));
     return { lo: lo, hi: lo + n * step, step: step, n: n };
+  }
+
+  // Scale from zero to max with at most n intervals.
+  function axisScale(max, n) {
+    if (!(max > 0)) max = 1;
+    const step = niceStep(max / n);
+    const k = Math.max(1, Math.ceil(max / step - 1e-9));
+    return { lo: 0, hi: k * step, step: step, n: k };
   }
 
   function timeStep(span, width) {
@@ -496,9 +540,9 @@
       const v = L.lo + i * L.step;
       const y = Math.round(YL(v)) + 0.5;
       S('line', { x1: m.l, x2: m.l + iw, y1: y, y2: y, class: i === 0 && L.lo === 0 ? 'axis-line' : 'grid-line' }, axes);
-      S('text', { x: m.l - 6, y: y + 4, 'text-anchor': 'end' }, axes).textContent = cfg.left.fmt(v);
+      S('text', { x: m.l - 6, y: y + 4, 'text-anchor': 'end' }, axes).textContent = tick(cfg.left, L.step)(v);
       if (R) {
-        S('text', { x: m.l + iw + 6, y: y + 4, 'text-anchor': 'start' }, axes).textContent = cfg.right.fmt(R.lo + i * R.step);
+        S('text', { x: m.l + iw + 6, y: y + 4, 'text-anchor': 'start' }, axes).textContent = tick(cfg.right, R.step)(R.lo + i * R.step);
       }
     }
     // time axis
@@ -590,6 +634,11 @@
     hit.addEventListener('mouseleave', () => { guide.setAttribute('visibility', 'hidden'); tip.hidden = true; });
   }
 
+  // An axis formats its labels with tick(step) when it has one, else fmt.
+  function tick(side, step) {
+    return side.tick ? side.tick(step) : side.fmt;
+  }
+
   function showTip(ev, when, rows) {
     const tip = $('tooltip');
     tip.textContent = '';
@@ -617,7 +666,7 @@
     box.textContent = '';
     for (const [key, label, value, dash] of items) {
       const s = el('span');
-      s.appendChild(el('i', (dash ? 'dash ' : (key === 'k-req' || key === 'k-escn' || key === 'k-base' || key === 'k-cost' || key === 'k-energy' || key.startsWith('k-p')) ? 'box ' : '') + key));
+      if (key !== null) s.appendChild(el('i', (dash ? 'dash ' : (key === 'k-req' || key === 'k-escn' || key === 'k-base' || key === 'k-cost' || key === 'k-energy' || key.startsWith('k-p')) ? 'box ' : '') + key));
       s.appendChild(document.createTextNode(label));
       if (value !== undefined && value !== '') {
         s.appendChild(document.createTextNode(' '));
@@ -699,7 +748,7 @@
         { key: 'k-req', type: 'bar', width: 0.85, value: (p) => p.requests },
         { key: 'k-escn', type: 'bar', width: 0.85, value: (p) => p.escalations },
       ] },
-      right: { fmt: (v) => fmtPct(v, v !== 0 && v < 0.1 ? 1 : 0), cap: 1, minSpan: 0.5, series: [
+      right: { tick: tickPct, cap: 1, minSpan: 0.5, series: [
         { key: 'k-esc', type: 'line', value: rate },
       ] },
       refs: refs,
@@ -721,11 +770,11 @@
     timeChart($('chart-cost'), {
       label: 'Cost per ' + per + ' and cumulative savings',
       from: t0, to: t1, bucket: bucket, points: pts, empty: empty,
-      left: { fmt: fmtUSD, series: [
+      left: { tick: tickUSD, series: [
         { key: 'k-base', type: 'bar', width: 0.85, value: (p) => p.baseline },
         { key: 'k-cost', type: 'bar', width: 0.5, value: (p) => p.cost },
       ] },
-      right: { fmt: fmtUSD, series: [
+      right: { tick: tickUSD, series: [
         { key: 'k-sav', type: 'area', connect: true, value: (p) => p.cumSavings },
       ] },
       tooltip: (p) => [
@@ -745,7 +794,7 @@
     timeChart($('chart-energy'), {
       label: 'Energy per ' + per + ' and tokens per Wh',
       from: t0, to: t1, bucket: bucket, points: pts, empty: empty,
-      left: { fmt: fmtWh, series: [{ key: 'k-energy', type: 'bar', width: 0.85, value: (p) => p.energy }] },
+      left: { tick: tickWh, series: [{ key: 'k-energy', type: 'bar', width: 0.85, value: (p) => p.energy }] },
       right: { fmt: fmtCompact, series: [{ key: 'k-eff', type: 'line', value: eff }] },
       tooltip: (p) => [
         ['k-energy', 'Energy', fmtWh(p.energy)],
@@ -774,7 +823,7 @@
     box.textContent = '';
     const groups = st.groups || {};
     const tiers = tierOrder(st).filter((k) => groups[k] && (num(groups[k].requests) || 0) > 0 && groups[k].latency_ms);
-    legend('legend-latency', [['k-p50', 'p50'], ['k-p95', 'p95'], ['k-p99', 'p99'], ['', 'end-to-end, whole window']]);
+    legend('legend-latency', [['k-p50', 'p50'], ['k-p95', 'p95'], ['k-p99', 'p99'], [null, 'end-to-end over the window']]);
     if (!tiers.length) {
       box.appendChild(el('div', 'empty', 'No latency data in the last ' + windowLabel()));
       return;
@@ -788,13 +837,14 @@
     for (const k of tiers) {
       for (const q of ['p50', 'p95', 'p99']) max = Math.max(max, num(groups[k].latency_ms[q]) || 0);
     }
-    const sc = leftScale(0, max * 1.02);
+    const sc = axisScale(max * 1.02, 5);
+    const fmtX = tickMs(sc.step);
     const X = (v) => m.l + v / sc.hi * iw;
     for (let i = 0; i <= sc.n; i++) {
       const v = i * sc.step;
       const x = Math.round(X(v)) + 0.5;
       S('line', { x1: x, x2: x, y1: m.t, y2: m.t + ih, class: i === 0 ? 'axis-line' : 'grid-line' }, svg);
-      S('text', { x: x, y: H - 6, 'text-anchor': 'middle' }, svg).textContent = fmtMs(v);
+      S('text', { x: x, y: H - 6, 'text-anchor': 'middle' }, svg).textContent = fmtX(v);
     }
     const rowH = ih / tiers.length;
     const barH = Math.max(3, Math.min(16, (rowH - 12) / 3));
