@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +23,12 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/gofiber/fiber/v2"
+	"github.com/openai/openai-go/v3"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cascade-gateway/cascade/backends/sim"
+	"github.com/cascade-gateway/cascade/config"
+	"github.com/cascade-gateway/cascade/costing"
 )
 
 // ---------- page and assets ----------
@@ -714,4 +722,185 @@ func toStrings(v []any) []string {
 func atoi(s string) int {
 	n, _ := strconv.Atoi(s)
 	return n
+}
+
+// ---------- the real thing: gateway, simulators, Redis, admin API ----------
+
+// TestDashboardEndToEnd sends traffic through a gateway recording into the
+// real Redis, opens the dashboard on the separate admin listener in headless
+// chromium, and checks that the figures it shows are those GET /admin/stats
+// answers.
+func TestDashboardEndToEnd(t *testing.T) {
+	ctx := newBrowser(t, 1366, 768)
+	_, smallURL := simServer(t, sim.Config{Model: "small-model"})
+	_, largeURL := simServer(t, sim.Config{Model: "large-model"})
+	cfg := testConfig(t, []string{smallURL}, []string{largeURL})
+	cfg.Tiers[0].Cost = config.Cost{GPU: &config.GPUProfile{GPUs: 1, USDPerGPUHour: 2.5, WattsPerGPU: 500,
+		PrefillTokensPerSec: 50000, DecodeTokensPerSec: 5000}}
+	cfg.Tiers[1].Cost = config.Cost{GPU: &config.GPUProfile{GPUs: 4, USDPerGPUHour: 2.5, WattsPerGPU: 500,
+		PrefillTokensPerSec: 25000, DecodeTokensPerSec: 2500}}
+	token := fmt.Sprintf("dash-%x", rand.Uint64())
+	env := fmt.Sprintf("CASCADE_TEST_DASHBOARD_TOKEN_%X", rand.Uint32())
+	t.Setenv(env, token)
+	cfg.Admin.TokenEnv = env
+	cfg.Admin.Listen = "127.0.0.1:0" // served below on a listener of the test's own
+
+	rdb, recClient, prefix := dashRedis(t)
+	cfg.Redis.Prefix = prefix
+	rec := costing.NewRedisRecorder(recClient, prefix, config.Recorder{BatchSize: 8, FlushInterval: 20 * time.Millisecond})
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		rec.Close(cctx)
+	})
+	g, base := startGateway(t, cfg, Options{Redis: rdb, Recorder: rec})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.AdminApp().Listener(ln)
+	admin := "http://" + ln.Addr().String()
+
+	// The dashboard lives with the admin API, not on the API listener.
+	if resp, err := http.Get(base + "/dashboard"); err != nil || resp.StatusCode != 404 {
+		t.Fatalf("API listener GET /dashboard: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+
+	client := sdkClient(base)
+	long := strings.Repeat("Prove that the sequence converges and derive its limit step by step. ", 80)
+	sent := 0
+	for i := 0; i < 8; i++ {
+		for _, model := range []string{"auto", "small", "large"} {
+			prompt := fmt.Sprintf("What is %d+%d?", i, i)
+			if i%4 == 0 {
+				prompt = long
+			}
+			p := chatParams(model, prompt)
+			p.MaxTokens = openai.Int(16)
+			if i%2 == 0 {
+				if _, err := client.Chat.Completions.New(context.Background(), p); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				st := client.Chat.Completions.NewStreaming(context.Background(), p)
+				for st.Next() {
+				}
+				if err := st.Err(); err != nil {
+					t.Fatal(err)
+				}
+				st.Close()
+			}
+			sent++
+		}
+	}
+
+	// Wait until every request is in the rollups.
+	var stats map[string]any
+	dashWait(t, "the records to reach the stats", func() bool {
+		stats = adminStats(t, admin, token)
+		n, _ := toFloat(stats["total"].(map[string]any)["requests"])
+		return int(n) == sent
+	})
+	tot := stats["total"].(map[string]any)
+	if c, _ := toFloat(tot["cost_usd"]); c <= 0 {
+		t.Fatalf("priced traffic should cost something: %v", tot)
+	}
+	if e, _ := toFloat(tot["escalations"]); e == 0 {
+		t.Fatalf("long prompts on auto should escalate: %v", tot)
+	}
+
+	run(t, ctx, chromedp.Navigate(admin+"/dashboard#token="+token))
+	f := waitRendered(t, ctx, 0)
+	// The page fetched its own answer; nothing was recorded since, so ours must match it.
+	again := adminStats(t, admin, token)["total"].(map[string]any)
+	for _, k := range []string{"requests", "escalation_rate", "cost_usd", "savings_usd", "energy_wh", "tokens_per_wh"} {
+		if again[k] != tot[k] {
+			t.Fatalf("stats moved while nothing was sent: %s %v then %v", k, tot[k], again[k])
+		}
+	}
+	wantValue(t, f, "kpi-requests", tot["requests"])
+	wantValue(t, f, "kpi-escalation-rate", tot["escalation_rate"])
+	wantValue(t, f, "kpi-cost", tot["cost_usd"])
+	wantValue(t, f, "kpi-savings", tot["savings_usd"])
+	wantValue(t, f, "kpi-energy", tot["energy_wh"])
+	wantValue(t, f, "kpi-tokens-per-wh", tot["tokens_per_wh"])
+	checkShownText(t, f, tot)
+	if f.BannerShown || f.Updated == "" {
+		t.Errorf("banner %q, updated %q", f.Banner, f.Updated)
+	}
+	if len(f.Backends) != 2 || f.Backends[0]["breaker"] != "closed" || f.Backends[1]["breaker"] != "closed" {
+		t.Errorf("backends table %+v", f.Backends)
+	}
+	if strings.Join(f.Tiers, ",") != "small,large" {
+		t.Errorf("tiers table %v", f.Tiers)
+	}
+	if f.Dropped != "0" {
+		t.Errorf("recorder dropped shows %q", f.Dropped)
+	}
+	if f.Charts["chart-requests"] == 0 || f.Charts["chart-cost"] == 0 || f.Charts["chart-latency"] < 6 {
+		t.Errorf("charts drew too little: %v", f.Charts)
+	}
+	// The per-minute series the charts draw add up to the totals shown.
+	var seriesReq float64
+	for _, p := range stats["series"].([]any) {
+		n, _ := toFloat(p.(map[string]any)["requests"])
+		seriesReq += n
+	}
+	drawn := evalJS[float64](t, ctx, `[...document.querySelectorAll('#chart-requests rect.bar.k-req')].length`)
+	if seriesReq != float64(sent) || drawn < 1 || drawn > float64(len(stats["series"].([]any))) {
+		t.Errorf("series sum %v (sent %d), %v request bars for %d points", seriesReq, sent, drawn, len(stats["series"].([]any)))
+	}
+	saveScreenshot(t, ctx, "dashboard-e2e.png")
+}
+
+// adminStats reads GET /admin/stats?window=1h&by=tier.
+func adminStats(t *testing.T, admin, token string) map[string]any {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, admin+"/admin/stats?window=1h&by=tier", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /admin/stats: %d %v %v", resp.StatusCode, out, err)
+	}
+	return out
+}
+
+// dashRedis is the local Redis with a key prefix of the test's own, deleted
+// at the end, and a recorder client set up as cmd/cascade sets it up.
+func dashRedis(t *testing.T) (rdb, recClient *redis.Client, prefix string) {
+	t.Helper()
+	rdb = redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+	if err := rdb.Ping(context.Background()).Err(); err != nil {
+		t.Fatalf("Redis at 127.0.0.1:6379 is required: %v", err)
+	}
+	recClient = redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", MaxRetries: -1, ContextTimeoutEnabled: true})
+	prefix = fmt.Sprintf("test:%s:%x:", t.Name(), rand.Uint64())
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if keys, _ := rdb.Keys(ctx, prefix+"*").Result(); len(keys) > 0 {
+			rdb.Del(ctx, keys...)
+		}
+		recClient.Close()
+		rdb.Close()
+	})
+	return rdb, recClient, prefix
+}
+
+// dashWait polls cond every 50ms until it holds, failing after 15s.
+func dashWait(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
