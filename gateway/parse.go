@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
 
@@ -20,6 +22,8 @@ type request struct {
 	Chat     bool
 	Input    router.Input
 	Messages []router.Message
+	// IncludeUsage is the client's stream_options.include_usage.
+	IncludeUsage bool
 }
 
 type wireMessage struct {
@@ -40,7 +44,19 @@ type wireRequest struct {
 }
 
 // parseRequest validates a chat (chat=true) or legacy completions body.
+// A well-formed request takes the fast path; anything the fast path does not
+// accept as it stands (malformed JSON, a wrong type, a missing field, a key
+// spelled in another case) is parsed again by parseStrict, which is the
+// reference for both the result and the error messages.
 func parseRequest(body []byte, chat bool) (*request, error) {
+	if r, ok := parseFast(body, chat); ok {
+		return r, nil
+	}
+	return parseStrict(body, chat)
+}
+
+// parseStrict validates a body with encoding/json and names what is wrong.
+func parseStrict(body []byte, chat bool) (*request, error) {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil, badRequest("", "request body is empty; send a JSON object")
 	}
@@ -76,6 +92,7 @@ func parseRequest(body []byte, chat bool) (*request, error) {
 		return nil, err
 	}
 	r.Input.Messages = r.Messages
+	r.IncludeUsage = gjson.GetBytes(body, "stream_options.include_usage").Bool()
 	return r, nil
 }
 
@@ -129,24 +146,29 @@ func contentText(raw json.RawMessage) (string, error) {
 		if !gjson.ValidBytes(raw) {
 			return "", errors.New("is not valid JSON")
 		}
-		var sb strings.Builder
-		var bad error
-		gjson.ParseBytes(raw).ForEach(func(_, part gjson.Result) bool {
-			if !part.IsObject() || !part.Get("type").Exists() {
-				bad = errors.New("parts must be objects with a 'type'")
-				return false
-			}
-			if t := part.Get("text"); t.Exists() {
-				if sb.Len() > 0 {
-					sb.WriteByte('\n')
-				}
-				sb.WriteString(t.String())
-			}
-			return true
-		})
-		return sb.String(), bad
+		return partsText(gjson.ParseBytes(raw))
 	}
 	return "", errors.New("must be a string or an array of content parts")
+}
+
+// partsText joins the text parts of a content array.
+func partsText(parts gjson.Result) (string, error) {
+	var sb strings.Builder
+	var bad error
+	parts.ForEach(func(_, part gjson.Result) bool {
+		if !part.IsObject() || !part.Get("type").Exists() {
+			bad = errors.New("parts must be objects with a 'type'")
+			return false
+		}
+		if t := part.Get("text"); t.Exists() {
+			if sb.Len() > 0 {
+				sb.WriteByte('\n')
+			}
+			sb.WriteString(t.String())
+		}
+		return true
+	})
+	return sb.String(), bad
 }
 
 func (r *request) parsePrompt(raw json.RawMessage) error {
@@ -230,4 +252,225 @@ func jsonString(body []byte, path string) string {
 func appendJSONString(b []byte, s string) []byte {
 	q, _ := json.Marshal(s)
 	return append(b, q...)
+}
+
+// Field names of a request and of a message, for parseFast.
+var (
+	requestFields = [...]string{"model", "messages", "prompt", "stream", "max_tokens",
+		"max_completion_tokens", "tools", "functions", "response_format"}
+	messageFields = [...]string{"role", "content"}
+)
+
+// foldsToAny reports whether key is a case variant of one of names, which
+// encoding/json would match (it matches field names case-insensitively).
+func foldsToAny(key string, names []string) bool {
+	for _, n := range names {
+		// A case variant is never shorter and at most 3 bytes a letter.
+		if len(key) >= len(n) && len(key) <= 3*len(n) && strings.EqualFold(key, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseFast parses a well-formed request with gjson: one validation pass and
+// one walk, no reflection. It returns ok=false for anything it does not take
+// as it stands, leaving the verdict (and the error message) to parseStrict,
+// whose result it reproduces exactly on what it accepts. FuzzParse checks
+// that the two agree.
+func parseFast(body []byte, chat bool) (*request, bool) {
+	if !gjson.ValidBytes(body) {
+		return nil, false
+	}
+	// One copy of the body: every string below is a substring of it (or
+	// an unescaped copy), so nothing refers to the server's buffers.
+	root := gjson.ParseBytes(body)
+	if !root.IsObject() {
+		return nil, false
+	}
+	r := &request{Chat: chat}
+	var messages, prompt gjson.Result
+	var maxTokens, maxCompletion *int64
+	var hasModel, hasUsage, tools, functions bool
+	var mt, mct int64
+	ok := true
+	root.ForEach(func(k, v gjson.Result) bool {
+		key := k.Str // unescaped
+		switch key {
+		case "model":
+			if v.Type != gjson.String {
+				ok = false
+			} else {
+				r.Model, hasModel = v.Str, true
+				if !plainString(v) {
+					ok = false
+				}
+			}
+		case "messages":
+			messages = v
+		case "prompt":
+			prompt = v
+		case "stream":
+			switch v.Type {
+			case gjson.True, gjson.False:
+				r.Stream = v.Type == gjson.True
+			case gjson.Null:
+				r.Stream = false
+			default:
+				ok = false
+			}
+		case "max_tokens", "max_completion_tokens":
+			var p **int64
+			var n *int64
+			if key == "max_tokens" {
+				p, n = &maxTokens, &mt
+			} else {
+				p, n = &maxCompletion, &mct
+			}
+			switch v.Type {
+			case gjson.Null:
+				*p = nil
+			case gjson.Number:
+				i, err := strconv.ParseInt(v.Raw, 10, 64)
+				if err != nil || i < 0 {
+					ok = false
+				}
+				*n, *p = i, n
+			default:
+				ok = false
+			}
+		case "tools": // the last one counts, as with encoding/json
+			tools = v.Type != gjson.Null
+		case "functions":
+			functions = v.Type != gjson.Null
+		case "response_format":
+			r.Input.HasResponseFormat = v.Type != gjson.Null
+		case "stream_options":
+			if !hasUsage { // the first one, as a gjson path lookup finds
+				hasUsage = true
+				r.IncludeUsage = v.Get("include_usage").Bool()
+			}
+		default:
+			if foldsToAny(key, requestFields[:]) {
+				ok = false
+			}
+		}
+		return ok
+	})
+	if !ok || !hasModel || r.Model == "" {
+		return nil, false
+	}
+	r.Input.HasTools = tools || functions
+	if maxTokens != nil {
+		r.Input.MaxTokens = int(*maxTokens)
+	} else if maxCompletion != nil {
+		r.Input.MaxTokens = int(*maxCompletion)
+	}
+	if chat {
+		ok = r.fastMessages(messages)
+	} else {
+		ok = r.fastPrompt(prompt)
+	}
+	if !ok {
+		return nil, false
+	}
+	r.Input.Messages = r.Messages
+	return r, true
+}
+
+func (r *request) fastMessages(msgs gjson.Result) bool {
+	if !msgs.IsArray() {
+		return false
+	}
+	n := 0
+	msgs.ForEach(func(_, _ gjson.Result) bool { n++; return true })
+	if n == 0 {
+		return false
+	}
+	r.Messages = make([]router.Message, 0, n)
+	ok := true
+	msgs.ForEach(func(_, m gjson.Result) bool {
+		if !m.IsObject() {
+			ok = false
+			return false
+		}
+		var role, content string
+		m.ForEach(func(k, v gjson.Result) bool {
+			switch key := k.Str; key {
+			case "role":
+				if v.Type != gjson.String || !plainString(v) {
+					ok = false
+				}
+				role = v.Str
+			case "content":
+				switch {
+				case v.Type == gjson.Null:
+					content = ""
+				case v.Type == gjson.String && plainString(v):
+					content = v.Str
+				case v.IsArray():
+					text, err := partsText(v)
+					if err != nil {
+						ok = false
+					}
+					content = text
+				default:
+					ok = false
+				}
+			default:
+				if foldsToAny(key, messageFields[:]) {
+					ok = false
+				}
+			}
+			return ok
+		})
+		if role == "" {
+			ok = false
+		}
+		r.Messages = append(r.Messages, router.Message{Role: role, Content: content})
+		return ok
+	})
+	return ok
+}
+
+func (r *request) fastPrompt(p gjson.Result) bool {
+	var text string
+	switch {
+	case p.Type == gjson.String && plainString(p):
+		text = p.Str
+	case p.IsArray():
+		var sb strings.Builder
+		ok := true
+		i := 0
+		p.ForEach(func(_, v gjson.Result) bool {
+			if i > 0 {
+				sb.WriteByte('\n')
+			}
+			i++
+			switch {
+			case v.Type == gjson.Null:
+			case v.Type == gjson.String && plainString(v):
+				sb.WriteString(v.Str)
+			default:
+				ok = false
+			}
+			return ok
+		})
+		if !ok {
+			return false
+		}
+		text = sb.String()
+	default:
+		return false
+	}
+	r.Messages = []router.Message{{Role: "user", Content: text}}
+	return true
+}
+
+// plainString reports whether gjson's reading of a string value is exactly
+// encoding/json's: they differ on invalid UTF-8, which encoding/json
+// replaces with U+FFFD and gjson keeps. (Escaped UTF-16 surrogates, paired
+// or not, decode the same in both; FuzzParse checks it.)
+func plainString(v gjson.Result) bool {
+	return utf8.ValidString(v.Str)
 }

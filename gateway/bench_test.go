@@ -1,0 +1,195 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/cascade-gateway/cascade/backends/sim"
+)
+
+// benchChatBody is a realistic chat request of about size bytes: a system
+// prompt, a few turns and the usual sampling fields.
+func benchChatBody(size int, stream bool) []byte {
+	var b bytes.Buffer
+	b.WriteString(`{"model":"small","temperature":0.2,"top_p":0.95,"max_tokens":1024,`)
+	if stream {
+		b.WriteString(`"stream":true,`)
+	}
+	b.WriteString(`"messages":[{"role":"system","content":"You are a careful assistant. Answer briefly and cite the relevant passage."}`)
+	turn := 0
+	for b.Len() < size-200 {
+		role := "user"
+		if turn%2 == 1 {
+			role = "assistant"
+		}
+		fmt.Fprintf(&b, `,{"role":%q,"content":"Turn %d: the quick brown fox jumps over the lazy dog, then asks about \"quoted\" words and unicode like café and 東京."}`, role, turn)
+		turn++
+	}
+	b.WriteString(`,{"role":"user","content":"Summarise the conversation in one sentence."}]}`)
+	return b.Bytes()
+}
+
+func BenchmarkParse(b *testing.B) {
+	for _, size := range []int{1 << 10, 8 << 10} {
+		body := benchChatBody(size, false)
+		b.Run(fmt.Sprintf("chat-%dKB", size>>10), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				r, err := parseRequest(body, true)
+				if err != nil || len(r.Messages) < 3 {
+					b.Fatalf("parse: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// benchClient is a keep-alive HTTP client over loopback, the same for the
+// direct and the gateway runs so that their difference is the gateway's.
+func benchClient(b *testing.B) *http.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
+	b.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+// benchSetup starts a zero-latency simulator and a gateway in front of it.
+// It returns the simulator's and the gateway's chat completions URLs.
+func benchSetup(b *testing.B, tokens int) (*Gateway, string, string) {
+	_, simURL := simServer(b, sim.Config{Model: "small-model", MinTokens: tokens, MaxTokens: tokens})
+	g, base := startGateway(b, testConfig(b, []string{simURL}, []string{simURL}), Options{})
+	return g, simURL + "/chat/completions", base + "/v1/chat/completions"
+}
+
+func post(b *testing.B, c *http.Client, url string, body []byte) int {
+	resp, err := c.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, _ := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("status %d", resp.StatusCode)
+	}
+	return int(n)
+}
+
+// BenchmarkHandler is one non-streaming chat completion at a time through
+// the whole gateway (fiber, parse, route, upstream client) to a zero-latency
+// simulator over loopback. "direct" is the same request sent straight to the
+// simulator; gateway minus direct is what the gateway adds to a request.
+// Allocations are counted process-wide (client, gateway and simulator).
+func BenchmarkHandler(b *testing.B) {
+	_, direct, gw := benchSetup(b, 32)
+	c := benchClient(b)
+	body := benchChatBody(1<<10, false)
+	for _, tc := range []struct{ name, url string }{{"direct", direct}, {"gateway", gw}} {
+		b.Run(tc.name, func(b *testing.B) {
+			post(b, c, tc.url, body) // warm the connections
+			b.ReportAllocs()
+			for b.Loop() {
+				post(b, c, tc.url, body)
+			}
+		})
+	}
+}
+
+// BenchmarkHandlerParallel is BenchmarkHandler with concurrent clients: the
+// throughput view (ns/op is wall time divided by requests).
+func BenchmarkHandlerParallel(b *testing.B) {
+	_, direct, gw := benchSetup(b, 32)
+	c := benchClient(b)
+	body := benchChatBody(1<<10, false)
+	for _, tc := range []struct{ name, url string }{{"direct", direct}, {"gateway", gw}} {
+		b.Run(tc.name, func(b *testing.B) {
+			post(b, c, tc.url, body)
+			b.ReportAllocs()
+			b.SetParallelism(4)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					post(b, c, tc.url, body)
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkHandlerInProcess calls the fiber app's handler directly, with no
+// client socket: the gateway's own server-side work plus the upstream call
+// to the simulator over loopback.
+func BenchmarkHandlerInProcess(b *testing.B) {
+	g, _, _ := benchSetup(b, 32)
+	h := g.App().Handler()
+	body := benchChatBody(1<<10, false)
+	var ctx fasthttp.RequestCtx
+	var req fasthttp.Request
+	b.ReportAllocs()
+	for b.Loop() {
+		req.Reset()
+		req.Header.SetMethod(http.MethodPost)
+		req.SetRequestURI("/v1/chat/completions")
+		req.Header.SetContentType("application/json")
+		req.SetBody(body)
+		ctx.Init(&req, nil, nil)
+		h(&ctx)
+		if ctx.Response.StatusCode() != http.StatusOK {
+			b.Fatalf("status %d: %s", ctx.Response.StatusCode(), ctx.Response.Body())
+		}
+	}
+}
+
+// BenchmarkHandlerStream is one streaming chat completion of N chunks at a
+// time, read to the end, direct to the simulator and through the gateway.
+func BenchmarkHandlerStream(b *testing.B) {
+	for _, chunks := range []int{16, 128} {
+		_, direct, gw := benchSetup(b, chunks)
+		c := benchClient(b)
+		body := benchChatBody(1<<10, true)
+		for _, tc := range []struct{ name, url string }{{"direct", direct}, {"gateway", gw}} {
+			b.Run(fmt.Sprintf("chunks=%d/%s", chunks, tc.name), func(b *testing.B) {
+				readStream(b, c, tc.url, body, chunks)
+				b.ReportAllocs()
+				for b.Loop() {
+					readStream(b, c, tc.url, body, chunks)
+				}
+			})
+		}
+	}
+}
+
+// readStream reads an SSE answer and checks it has at least the expected
+// content events and the final [DONE].
+func readStream(b *testing.B, c *http.Client, url string, body []byte, chunks int) {
+	resp, err := c.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("status %d", resp.StatusCode)
+	}
+	br := bufio.NewReaderSize(resp.Body, 8<<10)
+	events, done := 0, false
+	for {
+		line, err := br.ReadSlice('\n')
+		if bytes.HasPrefix(line, []byte("data: ")) {
+			events++
+			if strings.HasPrefix(string(line[6:]), "[DONE]") {
+				done = true
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	if !done || events < chunks {
+		b.Fatalf("stream: %d events, done %v", events, done)
+	}
+}
