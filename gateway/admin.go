@@ -59,7 +59,10 @@ type ReloadResult struct {
 // initOps prepares the operator surface; New calls it before the first Apply.
 func (g *Gateway) initOps(cfg *config.Config) {
 	g.ops.scraper = backends.NewScraper()
-	mp := otel.GetMeterProvider()
+	mp := g.opts.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
 	c, err := mp.Meter("github.com/cascade-gateway/cascade/gateway").Int64Counter("cascade.config.reloads",
 		metric.WithDescription("Configuration reloads by result (success: applied; failure: rejected, the previous configuration stays)."))
 	if err != nil {

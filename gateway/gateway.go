@@ -52,6 +52,7 @@ type Gateway struct {
 	opts     Options
 	tel      *telemetry // tracer and instruments (telemetry.go)
 	ops      operator   // reloads, admin listener, scraping (admin.go)
+	calib    *calibSync // shares the routing calibration through Redis (calibration.go)
 }
 
 // snapshot is everything a request needs, built once per configuration.
@@ -104,6 +105,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		IdleTimeout:           120 * time.Second,
 	})
 	g.routes()
+	g.calib = startCalibSync(g)
 	return g, nil
 }
 
@@ -122,6 +124,7 @@ func (g *Gateway) Listen(addr string) error {
 // included) until ctx ends.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	err := g.app.ShutdownWithContext(ctx)
+	g.calib.close(ctx)
 	if oerr := g.closeOps(ctx); err == nil {
 		err = oerr
 	}
@@ -212,7 +215,7 @@ func (g *Gateway) routes() {
 	g.app.Use(g.requestID)
 	g.app.Use(g.tracing)
 	if g.opts.Metrics != nil {
-		g.app.Get("/metrics", adaptor.HTTPHandler(g.opts.Metrics))
+		g.opsRouter().Get("/metrics", adaptor.HTTPHandler(g.opts.Metrics))
 	}
 	g.app.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok") })
 	g.app.Get("/readyz", g.ready)
