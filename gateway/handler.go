@@ -156,6 +156,8 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 		rec.TTFT = rec.Latency
 		if rerr != nil {
 			rec.Status = costing.StatusUpstreamError
+			// The prompt was processed; what was generated is unknown.
+			setTokens(&rec, backends.Usage{}, promptChars, 0)
 			g.finish(s, &rec)
 			annotate(span, &rec, false)
 			return writeError(c, &apiError{Status: 502, Type: "upstream_error", Code: "upstream_broken",
