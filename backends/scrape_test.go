@@ -300,3 +300,20 @@ func TestEndpointLatencyAndErrorRate(t *testing.T) {
 		t.Fatalf("error rate rose from %g to %g on a cancelled request", r, e.ErrorRate())
 	}
 }
+
+// BenchmarkParseLoad parses a simulator's full metrics page (vLLM names,
+// histograms included), what one scrape costs the gateway.
+func BenchmarkParseLoad(b *testing.B) {
+	s := sim.New(sim.Config{Model: "m"})
+	defer s.Close()
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	page := rec.Body.Bytes()
+	b.SetBytes(int64(len(page)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseLoad(bytes.NewReader(page)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
