@@ -109,8 +109,9 @@ type Alias struct {
 	// Mode is "auto" (the cascade decides; default), "never" (never escalates:
 	// serves on the cheapest tier) or "always" (always on the most capable).
 	Mode string `yaml:"mode"`
-	// Threshold, if set, overrides routing.threshold for this alias (mode auto,
-	// fixed-threshold routing only).
+	// Threshold, if set, gives this alias (mode auto) its own fixed threshold,
+	// also when routing follows a target rate; its requests then do not feed
+	// the calibration.
 	Threshold *float64 `yaml:"threshold"`
 }
 
