@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -512,7 +513,15 @@ func TestDashboardBrowserFixtures(t *testing.T) {
 				t.Errorf("unexpected request %q", r)
 			}
 		}
+		// Hovering a bucket shows its figures.
+		pt := evalJS[[]float64](t, ctx, `(() => { const r = document.querySelector('#chart-requests svg').getBoundingClientRect(); return [r.left + r.width * 0.8, r.top + r.height / 2]; })()`)
+		run(t, ctx, chromedp.MouseEvent(chromedp.MouseMoved, pt[0], pt[1]))
+		tip := evalJS[string](t, ctx, `(() => { const e = document.getElementById('tooltip'); return e.hidden ? '' : e.textContent; })()`)
+		if !strings.Contains(tip, "Requests") || !strings.Contains(tip, "Escalation rate") {
+			t.Errorf("tooltip on hover: %q", tip)
+		}
 		saveScreenshot(t, ctx, "dashboard-fixture-1366.png")
+		run(t, ctx, chromedp.MouseEvent(chromedp.MouseMoved, 1, 1))
 		run(t, ctx, chromedp.EmulateViewport(1920, 1080))
 		n := atoi(f.Rendered)
 		evalJS[bool](t, ctx, `(window.cascadeDashboard.refresh(), true)`)
@@ -753,7 +762,11 @@ func TestDashboardEndToEnd(t *testing.T) {
 		defer cancel()
 		rec.Close(cctx)
 	})
-	g, base := startGateway(t, cfg, Options{Redis: rdb, Recorder: rec})
+	// The gateway's clock runs behind while traffic is sent, so the requests
+	// spread over the last half hour as they would in use.
+	var behind atomic.Int64
+	clock := func() time.Time { return time.Now().Add(-time.Duration(behind.Load())) }
+	g, base := startGateway(t, cfg, Options{Redis: rdb, Recorder: rec, Now: clock})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -770,8 +783,10 @@ func TestDashboardEndToEnd(t *testing.T) {
 
 	client := sdkClient(base)
 	long := strings.Repeat("Prove that the sequence converges and derive its limit step by step. ", 80)
+	const rounds = 30
 	sent := 0
-	for i := 0; i < 8; i++ {
+	for i := 0; i < rounds; i++ {
+		behind.Store(int64(time.Duration(rounds-1-i) * time.Minute))
 		for _, model := range []string{"auto", "small", "large"} {
 			prompt := fmt.Sprintf("What is %d+%d?", i, i)
 			if i%4 == 0 {
@@ -795,6 +810,7 @@ func TestDashboardEndToEnd(t *testing.T) {
 			sent++
 		}
 	}
+	behind.Store(0)
 
 	// Wait until every request is in the rollups.
 	var stats map[string]any
@@ -849,7 +865,7 @@ func TestDashboardEndToEnd(t *testing.T) {
 		seriesReq += n
 	}
 	drawn := evalJS[float64](t, ctx, `[...document.querySelectorAll('#chart-requests rect.bar.k-req')].length`)
-	if seriesReq != float64(sent) || drawn < 1 || drawn > float64(len(stats["series"].([]any))) {
+	if points := len(stats["series"].([]any)); seriesReq != float64(sent) || points < rounds-1 || drawn != float64(points) {
 		t.Errorf("series sum %v (sent %d), %v request bars for %d points", seriesReq, sent, drawn, len(stats["series"].([]any)))
 	}
 	saveScreenshot(t, ctx, "dashboard-e2e.png")

@@ -160,6 +160,15 @@
     };
   }
 
+  function tickCount(step) {
+    return (v) => {
+      const a = Math.abs(v);
+      if (a >= 1e6) return sig(v / 1e6, 4) + 'M';
+      if (a >= 1000 && step >= 100) return sig(v / 1000, 4) + 'k';
+      return sig(v, 4);
+    };
+  }
+
   function tickPct(step) {
     return (v) => (v * 100).toFixed(Math.max(0, tickDigits(step * 100))) + '%';
   }
@@ -387,8 +396,17 @@
   function setKPI(id, raw, text, sub, mood) {
     const box = $(id);
     box.dataset.value = raw === null || raw === undefined ? '' : String(raw);
-    box.querySelector('.kpi-value').textContent = text;
-    box.querySelector('.kpi-value').title = text;
+    // The unit after the number is set smaller so large figures fit a card.
+    const v = box.querySelector('.kpi-value');
+    v.textContent = '';
+    const m = /^(.*\d)(\s+)([^\d\s]+)$/.exec(text);
+    if (m) {
+      v.appendChild(document.createTextNode(m[1] + m[2]));
+      v.appendChild(el('span', 'kpi-unit', m[3]));
+    } else {
+      v.textContent = text;
+    }
+    v.title = text;
     box.querySelector('.kpi-sub').textContent = sub || '';
     box.querySelector('.kpi-sub').title = sub || '';
     box.classList.toggle('good', mood === 'good');
@@ -744,7 +762,7 @@
     timeChart($('chart-requests'), {
       label: 'Requests and escalation rate per ' + per,
       from: t0, to: t1, bucket: bucket, points: pts, empty: empty,
-      left: { fmt: fmtCompact, series: [
+      left: { tick: tickCount, series: [
         { key: 'k-req', type: 'bar', width: 0.85, value: (p) => p.requests },
         { key: 'k-escn', type: 'bar', width: 0.85, value: (p) => p.escalations },
       ] },
@@ -795,7 +813,7 @@
       label: 'Energy per ' + per + ' and tokens per Wh',
       from: t0, to: t1, bucket: bucket, points: pts, empty: empty,
       left: { tick: tickWh, series: [{ key: 'k-energy', type: 'bar', width: 0.85, value: (p) => p.energy }] },
-      right: { fmt: fmtCompact, series: [{ key: 'k-eff', type: 'line', value: eff }] },
+      right: { tick: tickCount, series: [{ key: 'k-eff', type: 'line', value: eff }] },
       tooltip: (p) => [
         ['k-energy', 'Energy', fmtWh(p.energy)],
         ['', 'Output tokens', fmtInt(p.out)],
