@@ -173,6 +173,7 @@ func TestScrapedQueueMovesTraffic(t *testing.T) {
 	}
 
 	after := sendShare(t, pool, client, 100, 4)
+	t.Logf("busy endpoint's share of 100 requests: %d before scraping, %d after", before[busyEp], after[busyEp])
 	if after[busyEp] > 5 {
 		t.Fatalf("with a scraped queue of 8 the busy endpoint still got %d of 100 requests (idle: %d)", after[busyEp], after[idleEp])
 	}
