@@ -293,8 +293,12 @@ type Dense [NumDense]float32
 type gramSink struct {
 	weights []float32 // model n-gram weights; len is a power of two
 	mask    uint32
-	sum     float64
-	count   float64
+	// sum and count are the role-weighted n-gram weight sum and count over
+	// all messages; acc and n the running values of the current message.
+	sum, count float64
+	acc        float32
+	n          int
+	rw         float32
 	// record, when non-nil, receives every n-gram (training, explanations).
 	record *[]GramHit
 }
@@ -307,14 +311,27 @@ type GramHit struct {
 	Msg, Start, End int32
 }
 
-func (g *gramSink) add(h uint64, w float32, msg, start, end int) {
-	b := uint32(h) & g.mask
-	g.count += float64(w)
+// gramBucket maps a token or bigram hash to a bucket (Fibonacci hashing:
+// the high bits of the product are well mixed).
+func gramBucket(h uint64, mask uint32) uint32 {
+	return uint32((h*0x9e3779b97f4a7c15)>>32) & mask
+}
+
+func (g *gramSink) add(h uint64, msg, start, end int) {
+	b := gramBucket(h, g.mask)
+	g.n++
 	if g.record != nil {
-		*g.record = append(*g.record, GramHit{Bucket: b, Weight: w, Msg: int32(msg), Start: int32(start), End: int32(end)})
+		*g.record = append(*g.record, GramHit{Bucket: b, Weight: g.rw, Msg: int32(msg), Start: int32(start), End: int32(end)})
 		return
 	}
-	g.sum += float64(w) * float64(g.weights[b])
+	g.acc += g.weights[b]
+}
+
+// flush folds the current message's n-grams into the totals.
+func (g *gramSink) flush() {
+	g.sum += float64(g.rw) * float64(g.acc)
+	g.count += float64(g.rw) * float64(g.n)
+	g.acc, g.n = 0, 0
 }
 
 // counts are the raw, role-weighted tallies of one pass.
@@ -352,7 +369,13 @@ func extract(in *Input, d *Dense, g *gramSink) {
 			s = s[:budget]
 		}
 		budget -= len(s)
+		if g != nil {
+			g.rw = rw
+		}
 		scanMessage(s, rw, mi, &c, g)
+		if g != nil {
+			g.flush()
+		}
 	}
 	fill(in, &c, d)
 }
@@ -367,27 +390,17 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 		kw                                                     [numCats]int
 	)
 	var (
-		h         uint64 // hash of the current word
-		wStart    = -1   // start of the current word, -1 outside words
-		isNum     bool
-		isDec     bool
 		prev      uint64 // previous token hash, 0 at a boundary
 		prevStart int
 		pipes     int
-		lineStart = true
 	)
 	n := len(s)
 	if n > 0 {
 		lines = 1
 	}
-	for i := 0; i <= n; i++ {
-		var ch byte = '\n'
-		var cl uint8 = cNewline
-		if i < n {
-			ch = s[i]
-			cl = charClass[ch]
-		}
-		if lineStart && i < n {
+	lineStart := true
+	for i := 0; i < n; {
+		if lineStart {
 			lineStart = false
 			// Look at how the line begins.
 			j := i
@@ -421,38 +434,58 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				}
 			}
 		}
-		isWordByte := cl == cLower || cl == cUpper || cl == cDigit || cl == cHigh || (ch == '\'' && wStart >= 0 && !isNum)
-		if isWordByte {
-			if wStart < 0 {
-				wStart = i
-				h = fnvOffset
-				isNum = cl == cDigit
-				isDec = false
-			}
-			b := ch
-			if cl == cUpper {
-				b += 'a' - 'A'
-			}
-			h ^= uint64(b)
-			h *= fnvPrime
-		} else if wStart >= 0 {
-			// End of a token, unless a decimal point or thousands
-			// separator continues a number ("3.14", "1,000").
-			if isNum && i+1 < n && (ch == '.' || ch == ',') && charClass[s[i+1]] == cDigit {
-				if ch == '.' {
-					isDec = true
+		ch := s[i]
+		cl := charClass[ch]
+		if cl == cLower || cl == cUpper || cl == cDigit || cl == cHigh {
+			// A token: letters, digits and UTF-8 bytes, lowercased and
+			// hashed as we go. A number may contain a decimal point or a
+			// thousands separator ("3.14", "1,000"); a word an apostrophe.
+			start := i
+			isNum := cl == cDigit
+			isDec := false
+			h := uint64(fnvOffset)
+		token:
+			for i < n {
+				b := s[i]
+				switch charClass[b] {
+				case cLower:
+					letters++
+				case cUpper:
+					letters++
+					upper++
+					b += 'a' - 'A'
+				case cDigit:
+					digits++
+				case cHigh:
+					high++
+				default:
+					if i+1 >= n {
+						break token
+					}
+					next := charClass[s[i+1]]
+					switch {
+					case isNum && (b == '.' || b == ',') && next == cDigit:
+						if b == '.' {
+							isDec = true
+						}
+					case !isNum && b == '\'' && (next == cLower || next == cUpper):
+					default:
+						break token
+					}
 				}
-				goto classify
+				h ^= uint64(b)
+				h *= fnvPrime
+				i++
 			}
-			if isNum && ch == '/' && i+1 < n && charClass[s[i+1]] == cDigit {
-				fractions++
-			}
-			wl := i - wStart
+			wl := i - start
 			tok := h
 			if isNum {
 				numbers++
 				if isDec {
 					decimals++
+				}
+				if i+1 < n && s[i] == '/' && charClass[s[i+1]] == cDigit {
+					fractions++
 				}
 				tok = numToken
 			} else {
@@ -461,38 +494,24 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				if wl >= 10 {
 					longWords++
 				}
-				if wl <= 24 {
-					if m := kwLookup(h); m != 0 {
-						for m != 0 {
-							k := trailingZeros32(m)
-							kw[k]++
-							m &= m - 1
-						}
+				if wl >= 2 && wl <= 24 {
+					for m := kwLookup(h); m != 0; m &= m - 1 {
+						kw[trailingZeros32(m)]++
 					}
 				}
 			}
 			if g != nil {
-				g.add(tok, rw, mi, wStart, i)
+				g.add(tok, mi, start, i)
 				if prev != 0 {
-					g.add(mix(prev, tok), rw, mi, prevStart, i)
+					g.add(prev*fnvPrime^tok, mi, prevStart, i)
 				}
 			}
-			prev, prevStart = tok, wStart
-			wStart = -1
+			prev, prevStart = tok, start
+			continue
 		}
-	classify:
 		switch cl {
-		case cLower:
-			letters++
-		case cUpper:
-			letters++
-			upper++
-		case cDigit:
-			digits++
-		case cHigh:
-			high++
 		case cNewline:
-			if i < n {
+			if i+1 < n {
 				lines++
 			}
 			lineStart = true
@@ -502,9 +521,6 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 			}
 			pipes = 0
 		case cOther:
-			if wStart >= 0 {
-				break // apostrophe or decimal point inside a token
-			}
 			punct++
 			if isMathOp[ch] {
 				mathOps++
@@ -534,6 +550,10 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				latex++
 			}
 		}
+		i++
+	}
+	if pipes >= 2 {
+		tables++
 	}
 	f := func(x int) float32 { return rw * float32(x) }
 	c.letters += f(letters)

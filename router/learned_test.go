@@ -1,0 +1,410 @@
+package router
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cascade-gateway/cascade/config"
+)
+
+func user(s string) *Input { return &Input{Messages: []Message{{Role: "user", Content: s}}} }
+
+func dense(in *Input) Dense {
+	var d Dense
+	g := gramSink{weights: make([]float32, 1)}
+	extract(in, &d, &g)
+	return d
+}
+
+func TestFeaturesStructure(t *testing.T) {
+	md := "Steps:\n- one\n- two\n* three\n1. four\n2) five\n\n```go\nfunc main() {}\n```\n| a | b |\n|---|---|\n| 1 | 2 |\n    indented code\n"
+	d := dense(user(md))
+	if got := d[fListItems]; got != log1p(5) {
+		t.Errorf("list items = %v, want log1p(5)", got)
+	}
+	if got := d[fCodeFences]; got != log1p(2) {
+		t.Errorf("code fences = %v, want log1p(2)", got)
+	}
+	if got := d[fTableLines]; got != log1p(3) {
+		t.Errorf("table lines = %v, want log1p(3)", got)
+	}
+	if got := d[fIndentLines]; got != log1p(1) {
+		t.Errorf("indented lines = %v, want log1p(1)", got)
+	}
+	if got := d[fBlankLines]; got != log1p(1) {
+		t.Errorf("blank lines = %v, want log1p(1)", got)
+	}
+	mc := "Which is a prime?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:"
+	if got := dense(user(mc))[fChoiceLines]; got != log1p(4) {
+		t.Errorf("choice lines = %v, want log1p(4)", got)
+	}
+}
+
+func TestFeaturesNumbersAndQuestions(t *testing.T) {
+	d := dense(user("Is 3.14 more than 1,000? What about 1/2 and 42? Why?"))
+	// 3.14, 1,000, 1, 2, 42: five numbers, one decimal, one fraction.
+	if d[fNumbers] != log1p(5) || d[fDecimals] != log1p(1) || d[fFractions] != log1p(1) {
+		t.Errorf("numbers %v decimals %v fractions %v", d[fNumbers], d[fDecimals], d[fFractions])
+	}
+	if d[fQuestions] != log1p(3) {
+		t.Errorf("questions = %v, want log1p(3)", d[fQuestions])
+	}
+	if d[fMathOps] != log1p(1) { // the '/' of 1/2
+		t.Errorf("math ops = %v", d[fMathOps])
+	}
+}
+
+func TestFeaturesKeywordsCaseInsensitive(t *testing.T) {
+	a := dense(user("The PLAINTIFF sued the Defendant for negligence under contract law."))
+	b := dense(user("the plaintiff sued the defendant for negligence under contract law."))
+	if a[fKwBase+catLaw] != log1p(5) || a[fKwBase+catLaw] != b[fKwBase+catLaw] {
+		t.Errorf("law cues %v / %v, want log1p(5) both", a[fKwBase+catLaw], b[fKwBase+catLaw])
+	}
+	if a[fUpperShare] <= b[fUpperShare] {
+		t.Error("upper-case share should differ")
+	}
+	m := dense(user("The patient shows symptoms of a chronic infection; the physician orders blood tests."))
+	if m[fKwBase+catMedicine] != log1p(6) {
+		t.Errorf("medicine cues = %v, want log1p(6)", m[fKwBase+catMedicine])
+	}
+	if m[fKwBase+catLaw] != 0 {
+		t.Errorf("law cues in a medical prompt: %v", m[fKwBase+catLaw])
+	}
+	// n-grams ignore case too.
+	var ha, hb []GramHit
+	extract(user("Hello World again"), &Dense{}, &gramSink{mask: 4095, record: &ha})
+	extract(user("hello world AGAIN"), &Dense{}, &gramSink{mask: 4095, record: &hb})
+	if len(ha) != 5 || len(ha) != len(hb) { // 3 unigrams + 2 bigrams
+		t.Fatalf("hits %d and %d, want 5", len(ha), len(hb))
+	}
+	for i := range ha {
+		if ha[i].Bucket != hb[i].Bucket {
+			t.Fatalf("hit %d: bucket %d vs %d", i, ha[i].Bucket, hb[i].Bucket)
+		}
+	}
+}
+
+func TestFeaturesConversationAndRequest(t *testing.T) {
+	in := &Input{
+		Messages: []Message{
+			{Role: "system", Content: "You are a careful assistant."},
+			{Role: "user", Content: "Hi"},
+			{Role: "assistant", Content: "Hello! How can I help?"},
+			{Role: "user", Content: "Summarise this."},
+		},
+		HasTools: true, HasResponseFormat: true, MaxTokens: 1024,
+	}
+	d := dense(in)
+	if d[fMessages] != log1p(4) || d[fUserTurns] != log1p(2) || d[fHasSystem] != 1 {
+		t.Errorf("messages %v user turns %v system %v", d[fMessages], d[fUserTurns], d[fHasSystem])
+	}
+	if d[fSystemLen] != log1p(28) {
+		t.Errorf("system len = %v", d[fSystemLen])
+	}
+	if d[fHasTools] != 1 || d[fHasResponseFormat] != 1 || d[fMaxTokensSet] != 1 || d[fMaxTokens] != log1p(1024) {
+		t.Errorf("request features: %v %v %v %v", d[fHasTools], d[fHasResponseFormat], d[fMaxTokensSet], d[fMaxTokens])
+	}
+	// Roles are weighted: the same text counts less from the assistant.
+	u := dense(&Input{Messages: []Message{{Role: "user", Content: "why why why"}}})
+	a := dense(&Input{Messages: []Message{{Role: "assistant", Content: "why why why"}}})
+	if !(a[fKwBase+catReasoning] < u[fKwBase+catReasoning]) || a[fLenBytes] >= u[fLenBytes] {
+		t.Errorf("assistant text weighs as much as user text: %v vs %v", a[fKwBase+catReasoning], u[fKwBase+catReasoning])
+	}
+}
+
+func TestFeaturesNonASCII(t *testing.T) {
+	en := dense(user("What is the boiling point of water?"))
+	ja := dense(user("水の沸点は何度ですか？"))
+	if en[fNonASCIIShare] != 0 {
+		t.Errorf("English non-ASCII share = %v", en[fNonASCIIShare])
+	}
+	if ja[fNonASCIIShare] < 0.9 {
+		t.Errorf("Japanese non-ASCII share = %v, want > 0.9", ja[fNonASCIIShare])
+	}
+}
+
+func TestScoreRangeAndNoAllocs(t *testing.T) {
+	m := DefaultModel()
+	inputs := []*Input{
+		{},
+		user(""),
+		user("hi"),
+		user(strings.Repeat("Prove the theorem step by step. ", 500)),
+		{Messages: []Message{{Role: "system", Content: "x"}, {Role: "tool", Content: "{}"}}, HasTools: true, MaxTokens: 1 << 30},
+	}
+	for _, in := range inputs {
+		s := m.Score(in)
+		if !(s >= 0 && s <= 1) {
+			t.Fatalf("score %v out of [0,1]", s)
+		}
+		if n := testing.AllocsPerRun(50, func() { m.Score(in) }); n != 0 {
+			t.Fatalf("Score allocates %v times per call", n)
+		}
+	}
+}
+
+func TestScoreHugeInputIsBounded(t *testing.T) {
+	// 8 MiB: only the first maxScan bytes are scanned, length still counts.
+	big := strings.Repeat("a", 8<<20)
+	d := dense(user(big))
+	if d[fLenBytes] != log1p(float32(len(big))) {
+		t.Errorf("length feature ignores bytes past the scan bound")
+	}
+	var hits []GramHit
+	extract(user(strings.Repeat("word ", 1<<20)), &Dense{}, &gramSink{mask: 1, record: &hits})
+	if len(hits) > maxScan {
+		t.Errorf("%d n-grams from a bounded scan", len(hits))
+	}
+}
+
+func TestModelRoundTrip(t *testing.T) {
+	m := DefaultModel()
+	b, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "m.json")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m2, err := LoadModel(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"hi", "Explain why the sky is blue, step by step.", "What is 17*23?\nA. 391\nB. 401"} {
+		if a, b := m.Score(user(s)), m2.Score(user(s)); a != b {
+			t.Errorf("%q: %v before, %v after round trip", s, a, b)
+		}
+	}
+	b2, _ := m2.Marshal()
+	if !bytes.Equal(b, b2) {
+		t.Error("re-marshalled model differs")
+	}
+}
+
+func TestLoadModelRejectsBadFiles(t *testing.T) {
+	good, _ := DefaultModel().Marshal()
+	var f map[string]any
+	json.Unmarshal(good, &f)
+	mutate := func(fn func(map[string]any)) []byte {
+		var c map[string]any
+		json.Unmarshal(good, &c)
+		fn(c)
+		b, _ := json.Marshal(c)
+		return b
+	}
+	cases := map[string][]byte{
+		"not json":      []byte("{"),
+		"format":        mutate(func(c map[string]any) { c["format"] = "other/1" }),
+		"feature names": mutate(func(c map[string]any) { c["features"].([]any)[0] = "bogus" }),
+		"short weights": mutate(func(c map[string]any) { c["weights"] = c["weights"].([]any)[:3] }),
+		"zero scale":    mutate(func(c map[string]any) { c["scale"].([]any)[1] = 0.0 }),
+		"grams length":  mutate(func(c map[string]any) { c["grams"] = []float64{1, 2, 3} }),
+		"gram bits":     mutate(func(c map[string]any) { c["gram_bits"] = 40 }),
+	}
+	for name, b := range cases {
+		if _, err := ParseModel(b); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := LoadModel(filepath.Join(t.TempDir(), "missing.json")); err == nil {
+		t.Error("missing file accepted")
+	}
+}
+
+func TestNewScorer(t *testing.T) {
+	s, err := NewScorer(config.Routing{Scorer: "length"})
+	if _, ok := s.(LengthScorer); !ok || err != nil {
+		t.Errorf("length: %T %v", s, err)
+	}
+	s, err = NewScorer(config.Routing{})
+	if s != Scorer(DefaultModel()) || err != nil {
+		t.Errorf("default: %T %v", s, err)
+	}
+	path := filepath.Join(t.TempDir(), "m.json")
+	if err := DefaultModel().Save(path); err != nil {
+		t.Fatal(err)
+	}
+	s, err = NewScorer(config.Routing{Scorer: "learned", ModelFile: path})
+	if l, ok := s.(*Learned); !ok || err != nil || l == DefaultModel() {
+		t.Errorf("model file: %T %v", s, err)
+	}
+	if _, err := NewScorer(config.Routing{ModelFile: path + ".missing"}); err == nil {
+		t.Error("missing model file accepted")
+	}
+	if _, err := NewScorer(config.Routing{Scorer: "magic"}); err == nil {
+		t.Error("unknown scorer accepted")
+	}
+}
+
+func TestExplainAddsUpToScore(t *testing.T) {
+	m := DefaultModel()
+	for _, s := range []string{
+		"Janet has 3 apples and buys 12 more at $0.50 each. How much did she spend in total?",
+		"For which of these two scenarios does the main character do something clearly morally wrong?\nA. Wrong, Wrong\nB. Not wrong, Wrong",
+	} {
+		in := user(s)
+		all := m.Explain(in, 1<<20)
+		z := float64(m.file.Bias)
+		for _, r := range all {
+			z += r.Contribution
+		}
+		if got, want := sigmoid(z), m.Score(in); math.Abs(got-want) > 1e-4 {
+			t.Errorf("%q: reasons add up to %v, score %v", s, got, want)
+		}
+		top := m.Explain(in, 3)
+		if len(top) != 3 {
+			t.Fatalf("top 3: %+v", top)
+		}
+		for i := 1; i < len(top); i++ {
+			if math.Abs(top[i].Contribution) > math.Abs(top[i-1].Contribution) {
+				t.Errorf("reasons not ordered by magnitude: %+v", top)
+			}
+		}
+		if math.Abs(top[0].Contribution) < math.Abs(all[0].Contribution)-1e-12 {
+			t.Errorf("top reason %+v is not the largest %+v", top[0], all[0])
+		}
+	}
+	if r := m.Explain(user("x"), 0); r != nil {
+		t.Errorf("k=0 gives %v", r)
+	}
+}
+
+// dataDir is the labelled routing data beside the repository.
+func dataFiles(t *testing.T) []string {
+	t.Helper()
+	dir := filepath.Join("..", "..", "shared", "data", "routing")
+	files := []string{filepath.Join(dir, "gsm8k.jsonl"), filepath.Join(dir, "mmlu.jsonl")}
+	for _, f := range files {
+		if _, err := os.Stat(f); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("routing data missing in CI: %v", err)
+			}
+			t.Skipf("routing data not found: %v", err)
+		}
+	}
+	return files
+}
+
+// The built-in model must beat ordering by length on the validation half it
+// was not trained on, for every source.
+func TestDefaultModelBeatsLengthOnValidation(t *testing.T) {
+	ex, err := LoadExamples(dataFiles(t)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta struct {
+		Seed int64 `json:"seed"`
+	}
+	if err := json.Unmarshal(DefaultModel().Meta(), &meta); err != nil {
+		t.Fatal(err)
+	}
+	_, val := Split(ex, meta.Seed)
+	names, groups := BySource(val)
+	if len(names) != 2 {
+		t.Fatalf("sources %v", names)
+	}
+	for _, src := range names {
+		g := groups[src]
+		w, s := Outcomes(g)
+		ours := Evaluate(ScoreAll(DefaultModel(), g), w, s)
+		length := Evaluate(ScoreAll(LengthScorer{Saturation: math.MaxInt}, g), w, s)
+		t.Logf("%s: n=%d learned APGR %.3f CPT50 %.3f CPT80 %.3f; length APGR %.3f", src, len(g), ours.APGR, ours.CPT50, ours.CPT80, length.APGR)
+		if ours.APGR <= length.APGR {
+			t.Errorf("%s: learned APGR %.3f does not beat length %.3f", src, ours.APGR, length.APGR)
+		}
+		if ours.APGR <= 0.55 {
+			t.Errorf("%s: learned APGR %.3f", src, ours.APGR)
+		}
+	}
+}
+
+func TestSplitIsByPrompt(t *testing.T) {
+	ex := []Example{{Prompt: "a"}, {Prompt: "b"}, {Prompt: "a"}, {Prompt: "c"}}
+	for seed := int64(0); seed < 20; seed++ {
+		tr, va := Split(ex, seed)
+		if len(tr)+len(va) != 4 {
+			t.Fatal("rows lost")
+		}
+		if IsValidation("a", seed) {
+			n := 0
+			for _, e := range va {
+				if e.Prompt == "a" {
+					n++
+				}
+			}
+			if n != 2 {
+				t.Fatalf("seed %d: duplicate prompt split across halves", seed)
+			}
+		}
+	}
+}
+
+func syntheticExamples(n int) []Example {
+	words := []string{"why", "prove", "total", "hi", "patient", "court", "energy", "each", "then", "list"}
+	ex := make([]Example, n)
+	for i := range ex {
+		var b strings.Builder
+		h := uint64(i)*2654435761 + 7
+		k := 3 + int(h%20)
+		for j := 0; j < k; j++ {
+			h = h*6364136223846793005 + 1442695040888963407
+			b.WriteString(words[(h>>33)%uint64(len(words))])
+			b.WriteByte(' ')
+		}
+		hard := strings.Contains(b.String(), "prove") || k > 15
+		ex[i] = Example{ID: "x", Source: []string{"a", "b"}[i%2], Domain: "d", Prompt: b.String(), Weak: 1, Strong: 1}
+		if hard {
+			ex[i].Weak = 0
+		}
+	}
+	return ex
+}
+
+func TestTrainIsDeterministicAndLearns(t *testing.T) {
+	ex := syntheticExamples(400)
+	a, err := Train(ex, TrainOptions{Seed: 3, Iters: 150})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := Train(ex, TrainOptions{Seed: 3, Iters: 150})
+	ja, _ := a.Marshal()
+	jb, _ := b.Marshal()
+	if !bytes.Equal(ja, jb) {
+		t.Fatal("same data and seed gave different models")
+	}
+	c, _ := Train(ex, TrainOptions{Seed: 4, Iters: 150})
+	if jc, _ := c.Marshal(); bytes.Equal(ja, jc) {
+		t.Error("a different seed changed nothing (topic folds should differ)")
+	}
+	w, s := Outcomes(ex)
+	oracle := Evaluate(OracleScores(w, s), w, s)
+	if m := Evaluate(ScoreAll(a, ex), w, s); m.APGR < 0.9*oracle.APGR {
+		t.Errorf("model did not learn the synthetic rule: APGR %.3f, oracle %.3f", m.APGR, oracle.APGR)
+	}
+	if _, err := Train(nil, TrainOptions{}); err == nil {
+		t.Error("empty training set accepted")
+	}
+	if _, err := Train(ex, TrainOptions{Label: "nope"}); err == nil {
+		t.Error("unknown label accepted")
+	}
+}
+
+func TestLoadExamples(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "d.jsonl")
+	os.WriteFile(p, []byte(`{"id":"1","source":"s","domain":"d","prompt":"p","weak":1,"strong":0}`+"\n\n"+`{"id":"2","prompt":"q","weak":0,"strong":1}`+"\n"), 0o644)
+	ex, err := LoadExamples(p)
+	if err != nil || len(ex) != 2 || ex[1].Source != "unknown" || ex[0].Weak != 1 {
+		t.Fatalf("%+v %v", ex, err)
+	}
+	os.WriteFile(p, []byte(`{"prompt":"p","weak":2,"strong":0}`), 0o644)
+	if _, err := LoadExamples(p); err == nil {
+		t.Error("weak=2 accepted")
+	}
+}
