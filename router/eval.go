@@ -215,3 +215,62 @@ func BySource(ex []Example) (names []string, groups map[string][]Example) {
 	}
 	return names, groups
 }
+
+// AblationRow is the validation APGR per source with one feature group left
+// out, averaged over the split seeds.
+type AblationRow struct {
+	Group string
+	APGR  map[string]float64
+}
+
+// Ablation trains once with every feature and once per feature group left
+// out ("ngrams" drops the hashed n-grams), for each seed's train/validation
+// split, and returns the mean validation APGR per source. The first row,
+// "all", is the full model.
+func Ablation(ex []Example, seeds []int64, opt TrainOptions, progress func(done, total int)) ([]AblationRow, error) {
+	groups := FeatureGroups()
+	names := []string{"all", "ngrams"}
+	for _, g := range sortedKeys(groups) {
+		names = append(names, g)
+	}
+	rows := make([]AblationRow, len(names))
+	total, done := len(names)*len(seeds), 0
+	for i, name := range names {
+		rows[i] = AblationRow{Group: name, APGR: map[string]float64{}}
+		for _, seed := range seeds {
+			o := opt
+			o.Seed, o.Progress = seed, nil
+			switch name {
+			case "all":
+			case "ngrams":
+				o.GramBits = -1
+			default:
+				o.Drop = append(append([]int(nil), opt.Drop...), groups[name]...)
+			}
+			tr, va := Split(ex, seed)
+			m, err := Train(tr, o)
+			if err != nil {
+				return nil, err
+			}
+			srcs, bySrc := BySource(va)
+			for _, src := range srcs {
+				w, s := Outcomes(bySrc[src])
+				rows[i].APGR[src] += Evaluate(ScoreAll(m, bySrc[src]), w, s).APGR / float64(len(seeds))
+			}
+			done++
+			if progress != nil {
+				progress(done, total)
+			}
+		}
+	}
+	return rows, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -35,6 +35,7 @@ func runTrain(args []string) error {
 	iters := fs.Int("iters", router.DefaultIters, "optimiser steps")
 	balance := fs.Bool("balance", true, "weight each source equally")
 	all := fs.Bool("all", false, "train on every row (no validation half)")
+	ablation := fs.Int("ablation", 0, "instead of training, run a feature-group ablation over this many split seeds (seed, seed+1, ...)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -45,17 +46,20 @@ func runTrain(args []string) error {
 	if err != nil {
 		return err
 	}
+	opt := router.TrainOptions{
+		Seed: *seed, Label: *label, GramBits: *bits, L2Dense: *l2, TopicSmoothing: *smooth,
+		Iters: *iters, BalanceSources: *balance,
+	}
+	if *ablation > 0 {
+		return runAblation(ex, opt, *ablation)
+	}
 	train, val := router.Split(ex, *seed)
 	if *all {
 		train, val = ex, nil
 	}
 	fmt.Fprintf(os.Stderr, "train: %d examples (%d training, %d validation)\n", len(ex), len(train), len(val))
-	opt := router.TrainOptions{
-		Seed: *seed, Label: *label, GramBits: *bits, L2Dense: *l2, TopicSmoothing: *smooth,
-		Iters: *iters, BalanceSources: *balance,
-		Progress: func(it int, loss float64) {
-			fmt.Fprintf(os.Stderr, "\rtrain: step %d/%d loss %.5f", it, *iters, loss)
-		},
+	opt.Progress = func(it int, loss float64) {
+		fmt.Fprintf(os.Stderr, "\rtrain: step %d/%d loss %.5f", it, *iters, loss)
 	}
 	m, err := router.Train(train, opt)
 	fmt.Fprintln(os.Stderr)
@@ -109,4 +113,32 @@ func sign(x float64) float64 {
 		return -1
 	}
 	return 1
+}
+
+func runAblation(ex []router.Example, opt router.TrainOptions, n int) error {
+	seeds := make([]int64, n)
+	for i := range seeds {
+		seeds[i] = opt.Seed + int64(i)
+	}
+	rows, err := router.Ablation(ex, seeds, opt, func(done, total int) {
+		fmt.Fprintf(os.Stderr, "\rablation: %d/%d models", done, total)
+	})
+	fmt.Fprintln(os.Stderr)
+	if err != nil {
+		return err
+	}
+	srcs, _ := router.BySource(ex)
+	fmt.Printf("validation APGR, mean over %d split seeds; delta = without the group − all\n%-14s", n, "left out")
+	for _, s := range srcs {
+		fmt.Printf(" %8s %7s", s, "delta")
+	}
+	fmt.Println()
+	for _, r := range rows {
+		fmt.Printf("%-14s", r.Group)
+		for _, s := range srcs {
+			fmt.Printf(" %8.3f %+7.3f", r.APGR[s], r.APGR[s]-rows[0].APGR[s])
+		}
+		fmt.Println()
+	}
+	return nil
 }
