@@ -296,8 +296,11 @@ func TestReloadOnFileChange(t *testing.T) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, func() bool { return g.snap.Load().cfg.Routing.Threshold == 0.2 }, "the renamed file to be applied")
-	if lr := g.LastReload(); !lr.OK || lr.Version != ConfigVersion(g.snap.Load().cfg) {
+	// The outcome is recorded right after the swap.
+	waitUntil(t, func() bool {
+		return g.snap.Load().cfg.Routing.Threshold == 0.2 && g.LastReload().Version == ConfigVersion(g.snap.Load().cfg)
+	}, "the renamed file to be applied")
+	if lr := g.LastReload(); !lr.OK {
 		t.Fatalf("last reload %+v", lr)
 	}
 
