@@ -21,6 +21,9 @@ func init() {
 	register("stats", "requests, cost, savings, energy and latency recorded in Redis", runStats)
 }
 
+// statsOut is where cascade stats prints.
+var statsOut io.Writer = os.Stdout
+
 func runStats(args []string) error {
 	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
 	url := fs.String("redis", "redis://127.0.0.1:6379/0", "Redis URL the gateway records to (redis.url)")
@@ -44,11 +47,11 @@ func runStats(args []string) error {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
+		enc := json.NewEncoder(statsOut)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
-	printReport(os.Stdout, rep, *window)
+	printReport(statsOut, rep, *window)
 	return nil
 }
 
