@@ -209,9 +209,13 @@ func (r *RedisRecorder) Stats() RecorderStats {
 // Close stops taking records and writes the queued ones until ctx ends;
 // what is left then is counted as dropped and ctx's error returned.
 func (r *RedisRecorder) Close(ctx context.Context) error {
-	if r.closed.Swap(true) {
-		<-r.done
-		return nil
+	if r.closed.Swap(true) { // closed before: wait for that drain
+		select {
+		case <-r.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	r.stopCtx = ctx
 	close(r.closing)

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
-	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 	"go.opentelemetry.io/otel/trace"
 
@@ -92,11 +91,12 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	if chat {
 		path = "/chat/completions"
 	}
-	clientWantsUsage := gjson.GetBytes(body, "stream_options.include_usage").Bool()
+	clientWantsUsage := req.IncludeUsage
 	up := &backends.Request{Path: path, Header: http.Header{headerRequestID: {c.Locals(headerRequestID).(string)}},
 		Body: upstreamBody(body, req.Stream)}
 
 	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.Timeouts.Total)
+	watch := watchClient(c, cancel) // a client hanging up cancels ctx (disconnect.go)
 	var resp *backends.Response
 	tier := dec.Tier
 	for i, t := range s.tryOrder(dec.Tier) {
@@ -119,11 +119,15 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	}
 	rec.TraceID = traceID(span)
 	if err != nil {
+		gone := watch.stop()
 		cancel()
 		rec.Latency = g.now().Sub(start)
 		rec.Status = costing.StatusUpstreamError
 		if errors.Is(err, backends.ErrTimeout) {
 			rec.Status = costing.StatusTimeout
+		}
+		if gone {
+			rec.Status = costing.StatusClientCancelled
 		}
 		g.finish(s, &rec)
 		annotate(span, &rec, false)
@@ -144,7 +148,10 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	}
 
 	if !req.Stream {
-		data, rerr := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+		data, rerr := readBody(resp)
+		if watch.stop() && rerr != nil {
+			rerr = context.Canceled // the client left: not the backend's failure
+		}
 		var u backends.Usage
 		if rerr == nil {
 			u = backends.ParseUsage(data)
@@ -156,6 +163,9 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 		rec.TTFT = rec.Latency
 		if rerr != nil {
 			rec.Status = costing.StatusUpstreamError
+			if errors.Is(rerr, context.Canceled) {
+				rec.Status = costing.StatusClientCancelled
+			}
 			// The prompt was processed; what was generated is unknown.
 			setTokens(&rec, backends.Usage{}, promptChars, 0)
 			g.finish(s, &rec)
@@ -172,6 +182,15 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 		return c.Send(data)
 	}
 
+	if watch.stop() { // the client left before the first chunk
+		resp.Finish(context.Canceled)
+		cancel()
+		rec.Latency, rec.Status = g.now().Sub(start), costing.StatusClientCancelled
+		setTokens(&rec, backends.Usage{}, promptChars, 0)
+		g.finish(s, &rec)
+		annotate(span, &rec, false)
+		return nil
+	}
 	c.Status(http.StatusOK)
 	c.Set(fiber.HeaderContentType, "text/event-stream")
 	c.Set(fiber.HeaderCacheControl, "no-cache")
@@ -189,6 +208,17 @@ func reasonOrEmpty(r string) string {
 		return ""
 	}
 	return r
+}
+
+// readBody reads a non-streaming answer whole, in one allocation when the
+// backend sent its length.
+func readBody(resp *backends.Response) ([]byte, error) {
+	if n := resp.ContentLength; n >= 0 && n <= maxResponseBytes {
+		b := make([]byte, n)
+		_, err := io.ReadFull(resp.Body, b)
+		return b, err
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 }
 
 // upstreamBody returns a builder of the bytes sent to an endpoint: the
