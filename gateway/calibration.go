@@ -70,6 +70,30 @@ type calibSync struct {
 	enc       []byte
 }
 
+// CalibrationStatus reports the fleet calibration, e.g. for /admin/stats.
+type CalibrationStatus struct {
+	// Shared is true when this gateway exchanges its window through Redis.
+	Shared bool `json:"shared"`
+	// Instance is this gateway's id in the fleet.
+	Instance string `json:"instance,omitempty"`
+	// Peers is how many other gateways' windows the last exchange merged.
+	Peers int64 `json:"peers"`
+	// Syncs and Errors count exchanges that succeeded and failed.
+	Syncs  uint64 `json:"syncs"`
+	Errors uint64 `json:"errors"`
+}
+
+// CalibrationStatus reports the state of the fleet calibration.
+func (g *Gateway) CalibrationStatus() CalibrationStatus {
+	cs := g.calib
+	if cs == nil {
+		return CalibrationStatus{}
+	}
+	cal, _, _, shared := cs.current()
+	return CalibrationStatus{Shared: shared && cal != nil, Instance: cs.id, Peers: cs.peers.Load(),
+		Syncs: cs.syncs.Load(), Errors: cs.errors.Load()}
+}
+
 // newInstanceID names this gateway in the fleet: host, pid and a random
 // suffix, so restarts do not collide with their own stale windows.
 func newInstanceID() string {

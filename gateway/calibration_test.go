@@ -310,7 +310,7 @@ func TestAliasPolicies(t *testing.T) {
 func TestTierHeader(t *testing.T) {
 	for _, allowed := range []bool{true, false} {
 		t.Run(fmt.Sprintf("allowed=%v", allowed), func(t *testing.T) {
-			_, base := policyGateway(t, func(c *config.Config) {
+			g, base := policyGateway(t, func(c *config.Config) {
 				c.Routing.AllowTierHeader = allowed
 				c.Routing.Aliases = []config.Alias{{Name: "cheap", Mode: "never"}}
 			}, Options{})
@@ -333,6 +333,9 @@ func TestTierHeader(t *testing.T) {
 				}
 			}
 			_, _, err := ask(t, client, "auto", "hi", option.WithHeader("X-Cascade-Tier", "nonsense"))
+			if g.CalibrationStatus().Shared {
+				t.Fatal("no Redis, yet shared")
+			}
 			if !allowed {
 				return
 			}
@@ -437,6 +440,9 @@ func TestFleetGatewaysShareThreshold(t *testing.T) {
 				ga.calib.syncs.Load(), gb.calib.syncs.Load(), ga.calib.errors.Load(), gb.calib.errors.Load())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if st := ga.CalibrationStatus(); !st.Shared || st.Peers != 1 || st.Syncs == 0 || st.Instance != ga.calib.id {
+		t.Fatalf("status %+v", st)
 	}
 	idA := ga.calib.id
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
