@@ -197,7 +197,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	c.Set("X-Accel-Buffering", "no")
 	idle := s.cfg.Timeouts.StreamIdle
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-		g.relay(ctx, cancel, resp, w, relayState{snap: s, span: span, rec: rec, start: start, idle: idle,
+		g.relay(ctx, cancel, resp, w, relayState{snap: s, span: span, capture: newCapture(s, span), rec: rec, start: start, idle: idle,
 			promptChars: promptChars, keepUsage: clientWantsUsage})
 	})
 	return nil
@@ -299,7 +299,8 @@ func setTokens(rec *costing.Record, u backends.Usage, promptChars, outChars int)
 
 type relayState struct {
 	snap        *snapshot
-	span        trace.Span // the server span, ended when the stream is
+	span        trace.Span       // the server span, ended when the stream is
+	capture     *strings.Builder // the streamed answer, when content capture is on (telemetry.go)
 	rec         costing.Record
 	start       time.Time
 	idle        time.Duration
@@ -322,6 +323,9 @@ func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, resp *ba
 	for {
 		line, err := sc.Next()
 		if len(line) > 0 {
+			if st.capture != nil {
+				captureChunk(st.capture, line)
+			}
 			idle.Reset(st.idle)
 			if first {
 				rec.TTFT = g.now().Sub(st.start)
@@ -361,6 +365,9 @@ func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, resp *ba
 		w.WriteString("\n\n")
 		w.Flush()
 		break
+	}
+	if st.capture != nil {
+		captureText(st.span, st.capture.String(), sc.Usage.FinishReason)
 	}
 	resp.RecordUsage(sc.Usage)
 	resp.Finish(outcome)

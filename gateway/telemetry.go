@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/tidwall/gjson"
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -440,9 +442,38 @@ func captureOutput(s *snapshot, span trace.Span, body []byte, finishReason strin
 	if !s.tel.captureOn() || !span.IsRecording() {
 		return
 	}
-	text := jsonString(body, "choices.0.message.content") + jsonString(body, "choices.0.text")
+	captureText(span, jsonString(body, "choices.0.message.content")+jsonString(body, "choices.0.text"), finishReason)
+}
+
+// captureText records an answer as gen_ai.output.messages.
+func captureText(span trace.Span, text, finishReason string) {
 	b, _ := json.Marshal([]genaiMessage{{Role: "assistant", Parts: []genaiPart{{Type: "text", Content: text}}, FinishReason: finishReason}})
 	span.SetAttributes(semconv.GenAIOutputMessagesKey.String(string(b)))
 }
+
+// newCapture returns the builder a stream's answer is collected in when
+// content capture is on, else nil.
+func newCapture(s *snapshot, span trace.Span) *strings.Builder {
+	if !s.tel.captureOn() || !span.IsRecording() {
+		return nil
+	}
+	return &strings.Builder{}
+}
+
+// captureChunk appends the text of one SSE line to b.
+func captureChunk(b *strings.Builder, line []byte) {
+	if !bytes.HasPrefix(line, dataPrefix) {
+		return
+	}
+	p := bytes.TrimSpace(line[len(dataPrefix):])
+	if len(p) == 0 || p[0] != '{' {
+		return
+	}
+	r := gjson.GetManyBytes(p, "choices.0.delta.content", "choices.0.text")
+	b.WriteString(r[0].String())
+	b.WriteString(r[1].String())
+}
+
+var dataPrefix = []byte("data:")
 
 func (ts *telSets) captureOn() bool { return ts != nil && ts.capture }

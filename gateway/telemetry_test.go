@@ -388,6 +388,29 @@ func TestTraceTextCompletionAndCapture(t *testing.T) {
 		outMsgs[0].Parts[0].Content != res.Choices[0].Text || outMsgs[0].Role != "assistant" || outMsgs[0].Parts[0].Content == "" {
 		t.Fatalf("gen_ai.output.messages = %q (%v), answer %q", out.AsString(), err, res.Choices[0].Text)
 	}
+
+	// A streamed answer is captured whole, from its chunks.
+	h.spans.Reset()
+	stream := client.Chat.Completions.NewStreaming(context.Background(), chatParams("small", "Tell me a story"))
+	var acc openai.ChatCompletionAccumulator
+	for stream.Next() {
+		acc.AddChunk(stream.Current())
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	server = findSpan(t, h.waitSpans(t, 2), "POST /v1/chat/completions")
+	in, _ = attrOf(server, "gen_ai.input.messages")
+	out, _ = attrOf(server, "gen_ai.output.messages")
+	inMsgs, outMsgs = nil, nil
+	if err := json.Unmarshal([]byte(in.AsString()), &inMsgs); err != nil || len(inMsgs) != 1 || inMsgs[0].Role != "user" || inMsgs[0].Parts[0].Content != "Tell me a story" {
+		t.Fatalf("stream gen_ai.input.messages = %q (%v)", in.AsString(), err)
+	}
+	want := acc.Choices[0].Message.Content
+	if err := json.Unmarshal([]byte(out.AsString()), &outMsgs); err != nil || len(outMsgs) != 1 || want == "" ||
+		outMsgs[0].Parts[0].Content != want || outMsgs[0].FinishReason != string(acc.Choices[0].FinishReason) {
+		t.Fatalf("stream gen_ai.output.messages = %q (%v), answer %q", out.AsString(), err, want)
+	}
 }
 
 func TestTraceFailedAttemptAndFallback(t *testing.T) {
