@@ -28,8 +28,12 @@ func BenchmarkScore(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(size.n))
 			var s float64
+			c0 := cpuTime()
 			for b.Loop() {
 				s += m.Score(in)
+			}
+			if c := cpuTime() - c0; c > 0 {
+				b.ReportMetric(float64(c)/float64(b.N), "cpu-ns/op")
 			}
 			if math.IsNaN(s) {
 				b.Fatal("NaN")
