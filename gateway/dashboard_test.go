@@ -456,8 +456,8 @@ func fixtureStats(target any) map[string]any {
 }
 
 func TestDashboardBrowserFixtures(t *testing.T) {
-	ctx := newBrowser(t, 1366, 768)
 	api, base := startFixtureAPI(t)
+	ctx := newBrowser(t, 1366, 768) // closed before the servers, so they need not wait for its connections
 	stats := fixtureStats(0.25)
 	api.set(200, stats)
 
@@ -740,7 +740,7 @@ func atoi(s string) int {
 // chromium, and checks that the figures it shows are those GET /admin/stats
 // answers.
 func TestDashboardEndToEnd(t *testing.T) {
-	ctx := newBrowser(t, 1366, 768)
+	chromiumPath(t)
 	_, smallURL := simServer(t, sim.Config{Model: "small-model"})
 	_, largeURL := simServer(t, sim.Config{Model: "large-model"})
 	cfg := testConfig(t, []string{smallURL}, []string{largeURL})
@@ -773,6 +773,7 @@ func TestDashboardEndToEnd(t *testing.T) {
 	}
 	go g.AdminApp().Listener(ln)
 	admin := "http://" + ln.Addr().String()
+	ctx := newBrowser(t, 1366, 768) // closed before the gateway, so it need not wait for its connections
 
 	// The dashboard lives with the admin API, not on the API listener.
 	if resp, err := http.Get(base + "/dashboard"); err != nil || resp.StatusCode != 404 {
@@ -868,6 +869,39 @@ func TestDashboardEndToEnd(t *testing.T) {
 		t.Errorf("series sum %v (sent %d), %v request bars for %d points", seriesReq, sent, drawn, len(stats["series"].([]any)))
 	}
 	saveScreenshot(t, ctx, "dashboard-e2e.png")
+}
+
+// TestDashboardWithoutRedis serves the page and the admin API on the API
+// listener of a gateway that has no Redis: the page says statistics need it
+// and still shows live backend health.
+func TestDashboardWithoutRedis(t *testing.T) {
+	chromiumPath(t)
+	_, smallURL := simServer(t, sim.Config{Model: "small-model"})
+	_, largeURL := simServer(t, sim.Config{Model: "large-model"})
+	cfg := testConfig(t, []string{smallURL}, []string{largeURL})
+	token := fmt.Sprintf("dash-%x", rand.Uint64())
+	env := fmt.Sprintf("CASCADE_TEST_DASHBOARD_TOKEN_%X", rand.Uint32())
+	t.Setenv(env, token)
+	cfg.Admin.TokenEnv = env
+	_, base := startGateway(t, cfg, Options{})
+	client := sdkClient(base)
+	if _, err := client.Chat.Completions.New(context.Background(), chatParams("small", "hi")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := newBrowser(t, 1366, 768)
+
+	run(t, ctx, chromedp.Navigate(base+"/dashboard#token="+token))
+	f := waitRendered(t, ctx, 0)
+	if f.BannerState != "error" || !strings.Contains(f.Banner, "Statistics unavailable (HTTP 503)") || !strings.Contains(f.Banner, "redis.url") {
+		t.Fatalf("banner %q (%s)", f.Banner, f.BannerState)
+	}
+	if f.Values["kpi-requests"] != "" || f.Empty["chart-cost"] != "Statistics unavailable" {
+		t.Fatalf("figures shown without stats: %v %v", f.Values, f.Empty)
+	}
+	if len(f.Backends) != 2 || f.Backends[0]["breaker"] != "closed" {
+		t.Fatalf("backend health should show without Redis: %+v", f.Backends)
+	}
+	saveScreenshot(t, ctx, "dashboard-no-redis.png")
 }
 
 // adminStats reads GET /admin/stats?window=1h&by=tier.

@@ -338,8 +338,9 @@
     if (s === 0) return 'Cannot reach ' + what + ': ' + err.message + (state.updated ? '. Showing figures from ' + fmtClock(state.updated, true) + '.' : '.');
     if (s === 404) return what + ' is not served here (HTTP 404): ' + err.message;
     if (what === 'statistics' && (s === 503 || /redis/i.test(err.message))) {
-      return 'Statistics unavailable (HTTP ' + s + '): ' + err.message +
-        '. Request records live in Redis: check redis.url in the config and that Redis is reachable. Backend health below is live.';
+      const hint = /redis\.url/i.test(err.message) ? '' : ' Request records live in Redis: check redis.url in the config and that Redis is reachable from the gateway.';
+      return 'Statistics unavailable (HTTP ' + s + '): ' + err.message.replace(/\.?$/, '.') + hint +
+        (state.backends ? ' Backend health below is live.' : '');
     }
     return what + ' failed (HTTP ' + s + '): ' + err.message;
   }
