@@ -95,8 +95,12 @@ func newCal(t testing.TB, target float64, window int) *Calibrator {
 // consecutive requests escalate within ±2 points of the target.
 func TestCalibrationStationary(t *testing.T) {
 	const warm, n, w = 10000, 60000, 10000
+	targets := []float64{0.05, 0.25, 0.5, 0.8}
+	if raceEnabled {
+		targets = []float64{0.25}
+	}
 	for di, d := range []dist{uniform, skewLow, skewHigh, betaLike, bimodal, points, narrow} {
-		for _, target := range []float64{0.05, 0.25, 0.5, 0.8} {
+		for _, target := range targets {
 			t.Run(fmt.Sprintf("%s/%g", d.name, target), func(t *testing.T) {
 				r := rand.New(rand.NewPCG(uint64(di+1), uint64(target*1000)))
 				cal := newCal(t, target, w)
@@ -285,7 +289,11 @@ func TestCalibrationConcurrent(t *testing.T) {
 // together while neither holds it alone. Traffic is split 3:1 and the rates
 // say so.
 func TestCalibrationFleet(t *testing.T) {
-	for _, split := range []int{1, 3} {
+	splits := []int{1, 3}
+	if raceEnabled {
+		splits = splits[1:]
+	}
+	for _, split := range splits {
 		t.Run(fmt.Sprintf("split-%d:1", split), func(t *testing.T) {
 			const target = 0.25
 			a, b := newCal(t, target, 10000), newCal(t, target, 10000)
