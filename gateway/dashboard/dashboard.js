@@ -992,6 +992,8 @@
   }
 
   function render() {
+    // Without statistics the chart panels shrink to their message.
+    document.body.dataset.stats = state.stats ? 'yes' : 'none';
     renderStatus();
     renderKPIs();
     renderCharts();
