@@ -128,7 +128,8 @@ type TrainOptions struct {
 	// GramBits is log2 of the number of n-gram buckets; 0 means 12, and a
 	// negative value trains without n-grams.
 	GramBits int
-	// L2Dense and L2Grams are the L2 penalties; 0 means the defaults.
+	// L2Dense is the L2 penalty on the dense weights; L2Grams the one on the
+	// n-gram weights when TopicLR is set. 0 means the defaults.
 	L2Dense, L2Grams float64
 	// Iters is the number of full-batch optimiser steps; 0 means 400.
 	Iters int
@@ -139,7 +140,10 @@ type TrainOptions struct {
 	// TopicSmoothing is the pseudo-count that shrinks each n-gram's subject
 	// estimate towards the mean; 0 means DefaultTopicSmoothing.
 	TopicSmoothing float64
-	TopicLR        bool
+	// TopicLR fits the subject estimate by L2-regularised logistic
+	// regression instead of target encoding (slower; no better on the
+	// routing data).
+	TopicLR bool
 	// Progress, when set, is called every few iterations.
 	Progress func(iter int, loss float64)
 }
@@ -376,9 +380,18 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 	}
 	meta := map[string]any{
 		"seed": opt.Seed, "label": opt.Label, "gram_bits": f.GramBits,
-		"l2_dense": l2d, "l2_grams": l2g, "iters": iters, "examples": len(ex),
+		"l2_dense": l2d, "iters": iters, "examples": len(ex),
 		"balance_sources": opt.BalanceSources, "final_loss": round32(loss),
 		"topic_weight": round32(wd[NumDense]),
+	}
+	if opt.TopicLR {
+		meta["topic"], meta["l2_grams"] = "logistic", l2g
+	} else {
+		smooth := opt.TopicSmoothing
+		if smooth <= 0 {
+			smooth = DefaultTopicSmoothing
+		}
+		meta["topic"], meta["topic_smoothing"] = "target_encoding", smooth
 	}
 	mb, _ := json.Marshal(meta)
 	f.Meta = mb
