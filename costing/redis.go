@@ -2,6 +2,8 @@ package costing
 
 import (
 	"context"
+	"errors"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -113,9 +115,10 @@ const flushAttempts = 5
 // copy in a bounded queue and returns at once; a flusher sends batches as
 // pipelines every flush interval or batch size records. When Redis is slow or
 // down the queue fills and further records are dropped and counted; a batch
-// whose commands fail is re-sent (only the commands that got no reply) up to
-// 5 times with backoff before its records are counted as dropped. The client
-// reconnects by itself.
+// that could not reach Redis is re-sent up to 5 times with backoff before its
+// records are counted as dropped; a batch that went out but whose replies
+// were lost (timeout, broken connection) is counted as dropped at once, since
+// re-sending it could count its records twice. The client reconnects by itself.
 //
 // The client should be dedicated to the recorder with MaxRetries -1 (the
 // recorder retries, per command, and a client-level retry of a whole
@@ -170,7 +173,7 @@ func NewRedisRecorder(rdb redis.UniversalClient, prefix string, c config.Recorde
 	r := &RedisRecorder{
 		rdb: rdb, prefix: prefix, interval: c.FlushInterval, batch: c.BatchSize,
 		maxLen: int64(c.StreamMaxLen), ttl: c.Retention, minTTL: min(c.Retention, MinuteRetention),
-		timeout: max(2*time.Second, 5*c.FlushInterval),
+		timeout: max(5*time.Second, 5*c.FlushInterval),
 		q:       make(chan Record, c.QueueSize),
 		jobs:    make(chan job),
 		closing: make(chan struct{}),
@@ -314,13 +317,14 @@ func (r *RedisRecorder) write() {
 		pending := j.cmds
 		backoff := 100 * time.Millisecond
 		for attempt := 1; ; attempt++ {
-			pending = r.exec(ctx, pending)
-			if len(pending) == 0 {
+			var lost bool
+			pending, lost = r.exec(ctx, pending)
+			if len(pending) == 0 && !lost {
 				r.written.Add(j.n)
 				break
 			}
 			r.errors.Add(1)
-			if attempt == flushAttempts || !sleep(ctx, backoff) {
+			if lost || attempt == flushAttempts || !sleep(ctx, backoff) {
 				r.dropped.Add(j.n)
 				break
 			}
@@ -328,6 +332,16 @@ func (r *RedisRecorder) write() {
 		}
 		r.inFlight.Add(-j.n)
 	}
+}
+
+// unsent reports whether err means a pipeline never reached Redis (no
+// connection could be had), so re-sending it cannot apply anything twice.
+func unsent(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrClosed)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
@@ -342,8 +356,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // exec sends cmds as one pipeline and returns those that got no reply or an
-// error reply.
-func (r *RedisRecorder) exec(ctx context.Context, cmds [][]any) [][]any {
+// error reply; lost is true when the outcome is unknown and the commands must
+// not be sent again.
+func (r *RedisRecorder) exec(ctx context.Context, cmds [][]any) (failed [][]any, lost bool) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	pipe := r.rdb.Pipeline()
@@ -352,18 +367,25 @@ func (r *RedisRecorder) exec(ctx context.Context, cmds [][]any) [][]any {
 	}
 	res, err := pipe.Exec(ctx)
 	if err == nil {
-		return nil
+		return nil, false
 	}
-	failed := cmds[:0]
+	if !unsent(err) {
+		// The batch went out but its replies were lost (a read timeout or a
+		// connection that broke mid-reply): Redis may have applied any prefix
+		// of it. Re-sending could count records twice, so the batch is
+		// reported as failed without a retry and counted as dropped.
+		return nil, true
+	}
+	failed = cmds[:0]
 	for i, c := range res {
 		if c.Err() != nil {
 			failed = append(failed, cmds[i])
 		}
 	}
 	if len(failed) == 0 && len(res) == 0 {
-		return cmds
+		return cmds, false
 	}
-	return failed
+	return failed, false
 }
 
 type aggKey struct {
