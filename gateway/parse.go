@@ -382,12 +382,7 @@ func (r *request) fastMessages(msgs gjson.Result) bool {
 	if !msgs.IsArray() {
 		return false
 	}
-	n := 0
-	msgs.ForEach(func(_, _ gjson.Result) bool { n++; return true })
-	if n == 0 {
-		return false
-	}
-	r.Messages = make([]router.Message, 0, n)
+	r.Messages = make([]router.Message, 0, 8)
 	ok := true
 	msgs.ForEach(func(_, m gjson.Result) bool {
 		if !m.IsObject() {
@@ -430,7 +425,7 @@ func (r *request) fastMessages(msgs gjson.Result) bool {
 		r.Messages = append(r.Messages, router.Message{Role: role, Content: content})
 		return ok
 	})
-	return ok
+	return ok && len(r.Messages) > 0
 }
 
 func (r *request) fastPrompt(p gjson.Result) bool {
