@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -233,22 +234,43 @@ func (g *Gateway) routes() {
 	})
 }
 
-// ready answers 200 when every tier has at least one endpoint whose breaker
-// is not open.
+// ready answers 200 when a request for every tier can be served: the tier has
+// an endpoint whose breaker is not open, or a tier it may fall back to has one
+// (then the body says which tiers are degraded). Only when some tier cannot be
+// served at all does it answer 503, so a fleet of gateways sharing the same
+// backends does not go unready all at once while fallback still serves.
 func (g *Gateway) ready(c *fiber.Ctx) error {
 	s := g.snap.Load()
+	var degraded []string
 	for _, t := range s.tiers {
-		ok := false
-		for _, e := range s.pools[t].Endpoints {
-			if e.Available() {
-				ok = true
+		if s.available(t) {
+			continue
+		}
+		served := false
+		for _, f := range s.tryOrder(t)[1:] {
+			if s.available(f) {
+				served = true
 				break
 			}
 		}
-		if !ok {
+		if !served {
 			return writeError(c, &apiError{Status: 503, Type: "service_unavailable", Code: "tier_unavailable",
-				Message: fmt.Sprintf("tier %q has no available endpoint", t)})
+				Message: fmt.Sprintf("tier %q has no available endpoint and no tier it may fall back to has one", t)})
 		}
+		degraded = append(degraded, t)
+	}
+	if len(degraded) > 0 {
+		return c.SendString("ready, degraded: no available endpoint in " + strings.Join(degraded, ", ") + "; served by fallback")
 	}
 	return c.SendString("ready")
+}
+
+// available reports whether tier has an endpoint whose breaker lets requests through.
+func (s *snapshot) available(tier string) bool {
+	for _, e := range s.pools[tier].Endpoints {
+		if e.Available() {
+			return true
+		}
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -57,7 +58,7 @@ func TestReadyz(t *testing.T) {
 	cfg.Retries = 0
 	cfg.Breaker.OpenFor = time.Hour
 	cfg.Fallback.LargeToSmall = new(bool) // keep failures on the large tier
-	_, base := startGateway(t, cfg, Options{})
+	g, base := startGateway(t, cfg, Options{})
 	get := func() int {
 		resp, err := http.Get(base + "/readyz")
 		if err != nil {
@@ -77,5 +78,20 @@ func TestReadyz(t *testing.T) {
 	}
 	if got := get(); got != 503 {
 		t.Fatalf("readyz = %d with the large tier's only breaker open, want 503", got)
+	}
+	// With fallback to the small tier the gateway can serve every request: ready, degraded.
+	cfg2 := *cfg
+	cfg2.Fallback.LargeToSmall = nil
+	if err := g.Apply(&cfg2); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(base + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "degraded: no available endpoint in large") {
+		t.Fatalf("readyz = %d %q with fallback to small, want 200 degraded", resp.StatusCode, body)
 	}
 }
