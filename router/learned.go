@@ -234,41 +234,51 @@ func (m *Learned) Explain(in *Input, k int) []Reason {
 			rs = append(rs, Reason{Feature: names[i], Contribution: c})
 		}
 	}
-	var grams []gramReason
 	if len(m.file.Grams) > 0 && g.count > 0 {
 		// Aggregate occurrences of the same bucket; name only the winners.
 		norm := 1 / g.count
-		slices.SortFunc(hits, func(a, b GramHit) int {
-			if a.Bucket != b.Bucket {
-				return cmp.Compare(a.Bucket, b.Bucket)
-			}
-			return cmp.Compare(a.Start, b.Start)
-		})
+		grams := make([]gramReason, 0, len(hits))
+		at := make(map[uint32]int, len(hits))
 		for i, h := range hits {
 			c := float64(h.Weight) * float64(m.grams[h.Bucket]) * norm
-			if n := len(grams); n > 0 && hits[grams[n-1].first].Bucket == h.Bucket {
-				grams[n-1].c += c
+			if j, ok := at[h.Bucket]; ok {
+				grams[j].c += c
 				continue
 			}
+			at[h.Bucket] = len(grams)
 			grams = append(grams, gramReason{first: i, c: c})
 		}
-		slices.SortStableFunc(grams, func(a, b gramReason) int { return cmp.Compare(math.Abs(b.c), math.Abs(a.c)) })
-		if len(grams) > k {
-			grams = grams[:k]
-		}
-		for _, gr := range grams {
+		for _, gr := range topK(grams, k, func(g gramReason) float64 { return g.c }) {
 			if gr.c != 0 {
 				rs = append(rs, Reason{Feature: "ngram:" + gramText(in, hits[gr.first]), Contribution: gr.c})
 			}
 		}
 	}
-	slices.SortStableFunc(rs, func(a, b Reason) int {
-		return cmp.Compare(math.Abs(b.Contribution), math.Abs(a.Contribution))
-	})
-	if len(rs) > k {
-		rs = rs[:k]
-	}
+	rs = topK(rs, k, func(r Reason) float64 { return r.Contribution })
 	return rs
+}
+
+// topK reorders xs so that its first k elements are those of largest
+// |value|, in decreasing order (earlier first among equals), and returns
+// them.
+func topK[T any](xs []T, k int, value func(T) float64) []T {
+	if k >= len(xs) || k > 32 {
+		slices.SortStableFunc(xs, func(a, b T) int { return cmp.Compare(math.Abs(value(b)), math.Abs(value(a))) })
+		return xs[:min(k, len(xs))]
+	}
+	for i := 0; i < k; i++ {
+		best := i
+		for j := i + 1; j < len(xs); j++ {
+			if math.Abs(value(xs[j])) > math.Abs(value(xs[best])) {
+				best = j
+			}
+		}
+		// Shift rather than swap to keep the rest in their original order.
+		x := xs[best]
+		copy(xs[i+1:best+1], xs[i:best])
+		xs[i] = x
+	}
+	return xs[:k]
 }
 
 type gramReason struct {
