@@ -84,7 +84,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 		reason = "false"
 	}
 	span := trace.SpanFromContext(c.UserContext()) // the server span (telemetry.go)
-	routed(span, req, &dec)
+	routed(s, span, req, &dec)
 	captureInput(s, span, req)
 
 	path := "/completions"

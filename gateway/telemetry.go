@@ -165,7 +165,7 @@ type tierSets struct {
 	escalate map[string][]metric.AddOption // by reason
 }
 
-var knownReasons = []string{"score", "fallback"}
+var knownReasons = []string{"score", "alias", "header", "fallback"}
 
 func newTierSets(tier string) *tierSets {
 	ts := &tierSets{tier: keyTier.String(tier), escalate: map[string][]metric.AddOption{}}
@@ -353,8 +353,9 @@ func endServerSpan(span trace.Span, status int) {
 	span.End()
 }
 
-// routed puts the routing decision on the server span.
-func routed(span trace.Span, req *request, dec *router.Decision) {
+// routed puts the routing decision on the server span. Score and threshold
+// are there only for requests the cascade decided (model "auto" or an alias).
+func routed(s *snapshot, span trace.Span, req *request, dec *router.Decision) {
 	if !span.IsRecording() {
 		return
 	}
@@ -362,8 +363,10 @@ func routed(span trace.Span, req *request, dec *router.Decision) {
 	if req.Chat {
 		op = semconv.GenAIOperationNameChat
 	}
-	span.SetAttributes(op, semconv.GenAIRequestModel(req.Model), semconv.GenAIRequestStream(req.Stream),
-		keyScore.Float64(dec.Score), keyThreshold.Float64(dec.Threshold))
+	span.SetAttributes(op, semconv.GenAIRequestModel(req.Model), semconv.GenAIRequestStream(req.Stream))
+	if s.models[req.Model].auto {
+		span.SetAttributes(keyScore.Float64(dec.Score), keyThreshold.Float64(dec.Threshold))
+	}
 }
 
 // traceID is the trace id of span, or "" when there is none.

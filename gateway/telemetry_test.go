@@ -440,6 +440,8 @@ func TestTraceFailedAttemptAndFallback(t *testing.T) {
 	}
 	wantAttr(t, server, "cascade.reason", "fallback")
 	wantAttr(t, server, "cascade.tier", "large")
+	noAttr(t, server, "cascade.score") // pinned: no routing decision
+	noAttr(t, server, "cascade.threshold")
 
 	rm := collect(t, h.reader)
 	dur := histogram(t, rm, "gen_ai.client.operation.duration")
