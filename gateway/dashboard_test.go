@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 	"github.com/gofiber/fiber/v2"
 	"github.com/openai/openai-go/v3"
@@ -198,8 +199,18 @@ func newBrowser(t *testing.T, width, height int) context.Context {
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("starting chromium %s: %v", path, err)
 	}
+	// Every page collects script errors and Content-Security-Policy
+	// violations, which the tests then require to be none.
+	if _, err := chromedp.Call(ctx, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: pageProblems}); err != nil {
+		t.Fatal(err)
+	}
 	return ctx
 }
+
+const pageProblems = `window.__problems = [];
+addEventListener('securitypolicyviolation', (e) => window.__problems.push('CSP blocked ' + e.violatedDirective + ' ' + e.blockedURI));
+addEventListener('error', (e) => window.__problems.push('error: ' + e.message));
+addEventListener('unhandledrejection', (e) => window.__problems.push('unhandled rejection: ' + e.reason));`
 
 // run executes browser actions with a deadline.
 func run(t *testing.T, ctx context.Context, actions ...chromedp.Action[chromedp.Void]) {
@@ -211,12 +222,13 @@ func run(t *testing.T, ctx context.Context, actions ...chromedp.Action[chromedp.
 	}
 }
 
-// evalJS evaluates a JavaScript expression in the page and decodes its value.
+// evalJS evaluates a JavaScript expression in the page, awaits it if it is
+// a promise, and decodes its value.
 func evalJS[T any](t *testing.T, ctx context.Context, expr string) T {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
 	if err != nil {
 		t.Fatalf("evaluating %.60q: %v", expr, err)
 	}
@@ -281,6 +293,7 @@ type shownFigures struct {
 	Hash        string            `json:"hash"`
 	Stored      string            `json:"stored"`
 	Overflow    bool              `json:"overflow"` // page wider than the viewport
+	Problems    []string          `json:"problems"` // script errors and CSP violations
 }
 
 const readFigures = `(() => {
@@ -310,6 +323,7 @@ const readFigures = `(() => {
   out.hash = location.hash;
   try { out.stored = sessionStorage.getItem('cascade.dashboard.token') || ''; } catch (e) { out.stored = 'ERR'; }
   out.overflow = document.documentElement.scrollWidth > window.innerWidth;
+  out.problems = window.__problems || ['the problem collector did not run'];
   return out;
 })()`
 
@@ -318,7 +332,11 @@ const readFigures = `(() => {
 func waitRendered(t *testing.T, ctx context.Context, after int) shownFigures {
 	t.Helper()
 	poll(t, ctx, `Number(document.body.dataset.rendered || 0) > `+strconv.Itoa(after), 20*time.Second)
-	return evalJS[shownFigures](t, ctx, readFigures)
+	f := evalJS[shownFigures](t, ctx, readFigures)
+	if len(f.Problems) > 0 {
+		t.Errorf("the page reported problems: %q", f.Problems)
+	}
+	return f
 }
 
 // ---------- fixture admin API: the page's logic against known answers ----------
@@ -546,6 +564,35 @@ func TestDashboardBrowserFixtures(t *testing.T) {
 			t.Errorf("fixed-threshold subline %q", f.Subs["kpi-escalation-rate"])
 		}
 		api.set(200, stats)
+	})
+
+	t.Run("window buttons", func(t *testing.T) {
+		before := len(api.seen())
+		n := atoi(evalJS[string](t, ctx, `document.body.dataset.rendered`))
+		run(t, ctx, chromedp.Click(chromedp.CSS(`#windows button[data-window="24h"]`)))
+		waitRendered(t, ctx, n)
+		asked := false
+		for _, r := range api.seen()[before:] {
+			asked = asked || strings.HasPrefix(r, "GET /admin/stats?window=24h&by=tier ")
+		}
+		pressed := evalJS[string](t, ctx, `[...document.querySelectorAll('#windows button[aria-pressed="true"]')].map(b => b.dataset.window).join(',')`)
+		if !asked || pressed != "24h" {
+			t.Fatalf("24 h: asked %v, pressed %q, requests %q", asked, pressed, api.seen()[before:])
+		}
+		n = atoi(evalJS[string](t, ctx, `document.body.dataset.rendered`))
+		run(t, ctx, chromedp.Click(chromedp.CSS(`#windows button[data-window="1h"]`)))
+		waitRendered(t, ctx, n)
+	})
+
+	t.Run("CSP keeps the page on its origin", func(t *testing.T) {
+		// A script that tried to send the token elsewhere would be stopped
+		// by the policy the gateway sends with the page.
+		blocked := evalJS[bool](t, ctx, `fetch('http://127.0.0.2:9/steal').then(() => false, () => true)`)
+		poll(t, ctx, `window.__problems.length > 0`, 5*time.Second)
+		problems := evalJS[[]string](t, ctx, `window.__problems.splice(0)`)
+		if !blocked || len(problems) != 1 || !strings.HasPrefix(problems[0], "CSP blocked connect-src") {
+			t.Fatalf("off-origin fetch: blocked %v, reported %q", blocked, problems)
+		}
 	})
 
 	t.Run("no Redis", func(t *testing.T) {
