@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"strings"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 )
@@ -32,15 +34,21 @@ func readLimited(resp *http.Response, n int64) []byte {
 // ParseUsage reads usage, finish reason and model from a non-streaming
 // completion body.
 func ParseUsage(body []byte) Usage {
-	r := gjson.GetManyBytes(body, "usage.prompt_tokens", "usage.completion_tokens", "choices.0.finish_reason", "model")
+	js := view(body)
+	in, out := gjson.Get(js, "usage.prompt_tokens"), gjson.Get(js, "usage.completion_tokens")
 	return Usage{
-		InputTokens:   int(r[0].Int()),
-		OutputTokens:  int(r[1].Int()),
-		Reported:      r[0].Exists() || r[1].Exists(),
-		FinishReason:  r[2].String(),
-		ResponseModel: r[3].String(),
+		InputTokens:   int(in.Int()),
+		OutputTokens:  int(out.Int()),
+		Reported:      in.Exists() || out.Exists(),
+		FinishReason:  strings.Clone(gjson.Get(js, "choices.0.finish_reason").String()),
+		ResponseModel: strings.Clone(gjson.Get(js, "model").String()),
 	}
 }
+
+// view is b as a string without copying it, for gjson lookups (which, on
+// []byte, copy every result). Strings taken from a view must be cloned if
+// they are kept, since b's bytes may be reused.
+func view(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // StreamScanner reads an upstream SSE stream event by event and keeps the
 // usage it saw. It does not interpret anything but "data:" lines.
@@ -93,20 +101,36 @@ func (s *StreamScanner) Next() ([]byte, error) {
 	return line, err
 }
 
+// It runs on every chunk: lookups are on a view of p and allocate nothing
+// unless a string is kept.
 func (s *StreamScanner) inspect(p []byte) {
-	r := gjson.GetManyBytes(p, "usage.prompt_tokens", "usage.completion_tokens", "choices.0.finish_reason", "model", "choices.#")
-	if r[0].Exists() || r[1].Exists() {
-		s.Usage.InputTokens, s.Usage.OutputTokens, s.Usage.Reported = int(r[0].Int()), int(r[1].Int()), true
+	js := view(p) // p is the reader's buffer: clone what is kept
+	in, out := gjson.Get(js, "usage.prompt_tokens"), gjson.Get(js, "usage.completion_tokens")
+	if in.Exists() || out.Exists() {
+		s.Usage.InputTokens, s.Usage.OutputTokens, s.Usage.Reported = int(in.Int()), int(out.Int()), true
 	}
-	if fr := r[2].String(); fr != "" {
-		s.Usage.FinishReason = fr
+	if fr := gjson.Get(js, "choices.0.finish_reason").String(); fr != "" && fr != s.Usage.FinishReason {
+		s.Usage.FinishReason = strings.Clone(fr)
 	}
 	if s.Usage.ResponseModel == "" {
-		s.Usage.ResponseModel = r[3].String()
+		s.Usage.ResponseModel = strings.Clone(gjson.Get(js, "model").String())
 	}
-	if r[4].Int() > 0 {
+	if gjson.Get(js, "choices.#").Int() > 0 {
 		s.Chunks++
-	} else if r[0].Exists() {
+	} else if in.Exists() {
 		s.UsageOnly = true
 	}
+}
+
+// LineReady reports whether a whole next line has already arrived, so that
+// Next will return it without waiting for the upstream. A relay flushes to
+// its client only when nothing more is ready: events that arrived together
+// leave together, and none waits for a later one.
+func (s *StreamScanner) LineReady() bool {
+	n := s.r.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := s.r.Peek(n)
+	return bytes.IndexByte(b, '\n') >= 0
 }

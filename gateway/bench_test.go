@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"testing"
 
 	"github.com/valyala/fasthttp"
@@ -188,7 +187,7 @@ func readStream(b *testing.B, c *http.Client, url string, body []byte, chunks in
 		line, err := br.ReadSlice('\n')
 		if bytes.HasPrefix(line, []byte("data: ")) {
 			events++
-			if strings.HasPrefix(string(line[6:]), "[DONE]") {
+			if bytes.HasPrefix(line[6:], []byte("[DONE]")) {
 				done = true
 			}
 		}

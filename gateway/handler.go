@@ -173,7 +173,11 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 			return writeError(c, &apiError{Status: 502, Type: "upstream_error", Code: "upstream_broken",
 				Message: "the model backend's answer broke off: " + rerr.Error()})
 		}
-		setTokens(&rec, u, promptChars, len(jsonString(data, "choices.0.message.content"))+len(jsonString(data, "choices.0.text")))
+		outChars := 0 // only needed to estimate when usage is missing
+		if !u.Reported {
+			outChars = len(jsonString(data, "choices.0.message.content")) + len(jsonString(data, "choices.0.text"))
+		}
+		setTokens(&rec, u, promptChars, outChars)
 		g.finish(s, &rec)
 		annotate(span, &rec, false)
 		captureOutput(s, span, data, u.FinishReason)
@@ -334,7 +338,8 @@ func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, resp *ba
 			if st.keepUsage || !sc.UsageOnly {
 				w.Write(line)
 			}
-			if line[0] == '\n' || line[0] == '\r' { // end of an event
+			// At the end of an event, flush unless more has already arrived.
+			if (line[0] == '\n' || line[0] == '\r') && !sc.LineReady() {
 				if ferr := w.Flush(); ferr != nil {
 					rec.Status = costing.StatusClientCancelled
 					outcome = context.Canceled
