@@ -233,7 +233,7 @@ func Ablation(ex []Example, seeds []int64, opt TrainOptions, progress func(done,
 	for _, g := range sortedKeys(groups) {
 		names = append(names, g)
 	}
-	rows := make([]AblationRow, len(names))
+	rows := make([]AblationRow, len(names), len(names)+1)
 	total, done := len(names)*len(seeds), 0
 	for i, name := range names {
 		rows[i] = AblationRow{Group: name, APGR: map[string]float64{}}
@@ -263,7 +263,16 @@ func Ablation(ex []Example, seeds []int64, opt TrainOptions, progress func(done,
 			}
 		}
 	}
-	return rows, nil
+	base := AblationRow{Group: "score=length", APGR: map[string]float64{}}
+	for _, seed := range seeds {
+		_, va := Split(ex, seed)
+		srcs, bySrc := BySource(va)
+		for _, src := range srcs {
+			w, s := Outcomes(bySrc[src])
+			base.APGR[src] += Evaluate(ScoreAll(LengthScorer{Saturation: math.MaxInt}, bySrc[src]), w, s).APGR / float64(len(seeds))
+		}
+	}
+	return append(rows, base), nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {
