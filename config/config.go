@@ -200,7 +200,8 @@ type Telemetry struct {
 	// OTLPEndpoint (host:port or URL) turns on OTLP export of traces and
 	// metrics; empty means OTEL_EXPORTER_OTLP_ENDPOINT, if set, else none.
 	OTLPEndpoint string `yaml:"otlp_endpoint"`
-	// OTLPProtocol is "grpc" (default) or "http/protobuf".
+	// OTLPProtocol is "grpc" or "http/protobuf"; empty means
+	// OTEL_EXPORTER_OTLP_PROTOCOL, else grpc.
 	OTLPProtocol string `yaml:"otlp_protocol"`
 	// SampleRatio is the share of traces sampled (parent-based). Default 1.
 	SampleRatio *float64 `yaml:"sample_ratio"`
@@ -244,7 +245,7 @@ func Default() Config {
 		Redis:   Redis{Prefix: "cascade:"},
 		Recorder: Recorder{QueueSize: 65536, FlushInterval: 200 * time.Millisecond, BatchSize: 512,
 			StreamMaxLen: 1_000_000, Retention: 30 * 24 * time.Hour},
-		Telemetry: Telemetry{ServiceName: "cascade", OTLPProtocol: "grpc"},
+		Telemetry: Telemetry{ServiceName: "cascade"},
 		Scrape:    Scrape{Interval: 5 * time.Second, Path: "/metrics"},
 	}
 }

@@ -66,7 +66,7 @@ func setupTelemetry(ctx context.Context, cfg *config.Config, opts *gateway.Optio
 	} // else the SDK default (parent-based always-on) or OTEL_TRACES_SAMPLER
 	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res)}
 
-	proto := strings.ToLower(orDefault(tc.OTLPProtocol, "grpc"))
+	proto := strings.ToLower(orDefault(tc.OTLPProtocol, orDefault(os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL"), "grpc")))
 	if otlpOn(tc.OTLPEndpoint, "TRACES") {
 		exp, err := traceExporter(ctx, proto, tc.OTLPEndpoint)
 		if err != nil {
