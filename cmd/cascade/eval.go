@@ -52,13 +52,11 @@ func runEval(args []string) error {
 
 func evaluate(out, progress io.Writer, m *router.Learned, ex []router.Example, split, plot string) error {
 	names, groups := router.BySource(ex)
-	fmt.Fprintf(out, "routing quality on %s: %d prompts\n\n", split, len(ex))
-	fmt.Fprintf(out, "%-10s %-8s %6s %7s %7s %7s\n", "source", "router", "n", "APGR", "CPT50", "CPT80")
-	var panels []router.PlotPanel
+	// Score everything first (with progress on stderr), then print.
+	scores := map[string][]float64{}
 	done, last := 0, time.Now()
 	for _, src := range names {
 		g := groups[src]
-		weak, strong := router.Outcomes(g)
 		ours := make([]float64, len(g))
 		for i := range g {
 			ours[i] = m.Score(g[i].Input())
@@ -68,6 +66,18 @@ func evaluate(out, progress io.Writer, m *router.Learned, ex []router.Example, s
 				last = time.Now()
 			}
 		}
+		scores[src] = ours
+	}
+	if done >= 2000 {
+		fmt.Fprintf(progress, "\reval: scored %d/%d\n", done, len(ex))
+	}
+	fmt.Fprintf(out, "routing quality on %s: %d prompts\n\n", split, len(ex))
+	fmt.Fprintf(out, "%-10s %-8s %6s %7s %7s %7s\n", "source", "router", "n", "APGR", "CPT50", "CPT80")
+	var panels []router.PlotPanel
+	for _, src := range names {
+		g := groups[src]
+		weak, strong := router.Outcomes(g)
+		ours := scores[src]
 		rows := []struct {
 			name  string
 			color string
@@ -90,9 +100,6 @@ func evaluate(out, progress io.Writer, m *router.Learned, ex []router.Example, s
 		}
 		fmt.Fprintf(out, "%-10s weak %.3f strong %.3f\n", src, p.Weak, p.Strong)
 		panels = append(panels, p)
-	}
-	if done >= 2000 {
-		fmt.Fprintf(progress, "\reval: scored %d/%d\n", done, len(ex))
 	}
 	if plot == "" {
 		return nil
