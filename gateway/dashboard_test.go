@@ -949,6 +949,14 @@ func TestDashboardWithoutRedis(t *testing.T) {
 		t.Fatalf("backend health should show without Redis: %+v", f.Backends)
 	}
 	saveScreenshot(t, ctx, "dashboard-no-redis.png")
+
+	// With the token variable emptied the admin API is off for everyone; the
+	// page passes the gateway's reason on and does not ask for another token.
+	t.Setenv(env, "")
+	f = refreshAndRead(t, ctx)
+	if !strings.Contains(f.Banner, "(HTTP 401): the admin API is disabled") || strings.Contains(f.Banner, "Enter a valid token") || !f.TokenForm {
+		t.Fatalf("admin API disabled: banner %q, form %v", f.Banner, f.TokenForm)
+	}
 }
 
 // adminStats reads GET /admin/stats?window=1h&by=tier.

@@ -334,7 +334,12 @@
   // ---------- status and banner ----------
   function describe(what, err) {
     const s = err.status;
-    if (s === 401 || s === 403) return 'The admin API refused the token (HTTP ' + s + '): ' + err.message + '. Enter a valid token.';
+    if (s === 401 || s === 403) {
+      // A gateway without a configured admin token refuses everyone: no token typed here helps.
+      const off = /disabled/i.test(err.message);
+      return 'The admin API refused the token (HTTP ' + s + '): ' + err.message.replace(/\.?$/, '.') +
+        (off ? '' : ' Enter a valid token.');
+    }
     if (s === 0) return 'Cannot reach ' + what + ': ' + err.message + (state.updated ? '. Showing figures from ' + fmtClock(state.updated, true) + '.' : '.');
     if (s === 404) return what + ' is not served here (HTTP 404): ' + err.message;
     if (what === 'statistics' && (s === 503 || /redis/i.test(err.message))) {
