@@ -813,7 +813,8 @@ func TestDashboardEndToEnd(t *testing.T) {
 	// spread over the last half hour as they would in use.
 	var behind atomic.Int64
 	clock := func() time.Time { return time.Now().Add(-time.Duration(behind.Load())) }
-	g, base := startGateway(t, cfg, Options{Redis: rdb, Recorder: rec, Now: clock})
+	counted := &countingRecorder{next: rec}
+	g, base := startGateway(t, cfg, Options{Redis: rdb, Recorder: counted, Now: clock})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -834,6 +835,9 @@ func TestDashboardEndToEnd(t *testing.T) {
 	const rounds = 30
 	sent := 0
 	for i := 0; i < rounds; i++ {
+		// Move the clock only once the gateway has finished (and timed)
+		// every request sent so far.
+		dashWait(t, "the previous round's records", func() bool { return counted.n.Load() == int64(sent) })
 		behind.Store(int64(time.Duration(rounds-1-i) * time.Minute))
 		for _, model := range []string{"auto", "small", "large"} {
 			prompt := fmt.Sprintf("What is %d+%d?", i, i)
@@ -858,6 +862,7 @@ func TestDashboardEndToEnd(t *testing.T) {
 			sent++
 		}
 	}
+	dashWait(t, "the last round's records", func() bool { return counted.n.Load() == int64(sent) })
 	behind.Store(0)
 
 	// Wait until every request is in the rollups.
@@ -958,6 +963,20 @@ func TestDashboardWithoutRedis(t *testing.T) {
 		t.Fatalf("admin API disabled: banner %q, form %v", f.Banner, f.TokenForm)
 	}
 }
+
+// countingRecorder counts the records it passes on.
+type countingRecorder struct {
+	n    atomic.Int64
+	next *costing.RedisRecorder
+}
+
+func (c *countingRecorder) Record(r costing.Record) {
+	c.next.Record(r)
+	c.n.Add(1)
+}
+
+// Stats keeps the recorder's counters visible to /admin/stats.
+func (c *countingRecorder) Stats() costing.RecorderStats { return c.next.Stats() }
 
 // adminStats reads GET /admin/stats?window=1h&by=tier.
 func adminStats(t *testing.T, admin, token string) map[string]any {
