@@ -48,6 +48,12 @@ type modelFile struct {
 	// weights (empty when the model uses no n-grams).
 	GramBits int       `json:"gram_bits"`
 	Grams    []float32 `json:"grams,omitempty"`
+	// Percentiles, when present, map the model's logit to its percentile
+	// among the training prompts: Percentiles[k-1] is the logit at the k-th
+	// percentile, k = 1..99, ascending. The score is then the percentile (a
+	// threshold t escalates about 1−t of traffic like the training data);
+	// without them the score is the sigmoid of the logit.
+	Percentiles []float32 `json:"percentiles,omitempty"`
 	// Meta records how the model was trained (informational).
 	Meta json.RawMessage `json:"meta,omitempty"`
 }
@@ -142,6 +148,19 @@ func newLearned(f modelFile) (*Learned, error) {
 			return nil, errors.New("non-finite n-gram weight")
 		}
 	}
+	if n := len(f.Percentiles); n != 0 {
+		if n != 99 {
+			return nil, fmt.Errorf("percentiles has %d values, want 99", n)
+		}
+		for k, q := range f.Percentiles {
+			if !finite32(q) || (k > 0 && q < f.Percentiles[k-1]) {
+				return nil, errors.New("percentiles must be finite and ascending")
+			}
+		}
+		if f.Percentiles[98] <= f.Percentiles[0] {
+			return nil, errors.New("percentiles must not all be equal")
+		}
+	}
 	m.grams = f.Grams
 	if len(m.grams) == 0 {
 		m.grams = make([]float32, 1)
@@ -182,7 +201,44 @@ func (m *Learned) Score(in *Input) float64 {
 	var d Dense
 	g := gramSink{weights: m.grams, mask: m.mask}
 	extract(in, &d, &g)
-	return sigmoid(m.logit(&d, &g))
+	return m.fromLogit(m.logit(&d, &g))
+}
+
+// fromLogit maps a logit to the score: its percentile among the training
+// prompts (interpolated linearly between percentiles, with logistic tails
+// below the 1st and above the 99th so the order is kept everywhere), or the
+// sigmoid when the model has no percentiles.
+func (m *Learned) fromLogit(z float64) float64 {
+	q := m.file.Percentiles
+	if len(q) == 0 {
+		return sigmoid(z)
+	}
+	lo, hi := float64(q[0]), float64(q[len(q)-1])
+	tail := hi - lo
+	switch {
+	case z != z:
+		return 0.5
+	case z <= lo:
+		return 0.02 * sigmoid((z-lo)/tail)
+	case z >= hi:
+		return 0.99 + 0.02*(sigmoid((z-hi)/tail)-0.5)
+	}
+	// k: the last knot at or below z (binary search; q[0] <= z < q[n-1]).
+	k, j := 0, len(q)-1
+	for j-k > 1 {
+		mid := (k + j) / 2
+		if float64(q[mid]) <= z {
+			k = mid
+		} else {
+			j = mid
+		}
+	}
+	a, b := float64(q[k]), float64(q[k+1])
+	f := 0.5
+	if b > a {
+		f = (z - a) / (b - a)
+	}
+	return (float64(k+1) + f) / 100
 }
 
 func (m *Learned) logit(d *Dense, g *gramSink) float64 {

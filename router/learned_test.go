@@ -206,6 +206,11 @@ func TestLoadModelRejectsBadFiles(t *testing.T) {
 		"zero scale":    mutate(func(c map[string]any) { c["scale"].([]any)[1] = 0.0 }),
 		"grams length":  mutate(func(c map[string]any) { c["grams"] = []float64{1, 2, 3} }),
 		"gram bits":     mutate(func(c map[string]any) { c["gram_bits"] = 40 }),
+		"percentiles n": mutate(func(c map[string]any) { c["percentiles"] = []float64{1, 2} }),
+		"percentiles order": mutate(func(c map[string]any) {
+			p := c["percentiles"].([]any)
+			p[0], p[98] = p[98], p[0]
+		}),
 	}
 	for name, b := range cases {
 		if _, err := ParseModel(b); err == nil {
@@ -254,7 +259,7 @@ func TestExplainAddsUpToScore(t *testing.T) {
 		for _, r := range all {
 			z += r.Contribution
 		}
-		if got, want := sigmoid(z), m.Score(in); math.Abs(got-want) > 1e-4 {
+		if got, want := m.fromLogit(z), m.Score(in); math.Abs(got-want) > 1e-4 {
 			t.Errorf("%q: reasons add up to %v, score %v", s, got, want)
 		}
 		top := m.Explain(in, 3)
@@ -406,5 +411,61 @@ func TestLoadExamples(t *testing.T) {
 	os.WriteFile(p, []byte(`{"prompt":"p","weak":2,"strong":0}`), 0o644)
 	if _, err := LoadExamples(p); err == nil {
 		t.Error("weak=2 accepted")
+	}
+}
+
+func TestPercentileScale(t *testing.T) {
+	m := DefaultModel()
+	q := m.file.Percentiles
+	if len(q) != 99 {
+		t.Fatalf("built-in model has %d percentiles", len(q))
+	}
+	// At the knots the score is the percentile; between and beyond them it
+	// increases strictly and stays within (0, 1).
+	for k := range q {
+		if k > 0 && q[k] == q[k-1] {
+			continue
+		}
+		if got := m.fromLogit(float64(q[k])); math.Abs(got-float64(k+1)/100) > 1e-9 {
+			t.Fatalf("percentile %d: score %v", k+1, got)
+		}
+	}
+	prev := -1.0
+	lo, hi := float64(q[0]), float64(q[98])
+	for z := lo - 3*(hi-lo); z <= hi+3*(hi-lo); z += (hi - lo) / 1000 {
+		s := m.fromLogit(z)
+		if !(s > prev) || s <= 0 || s >= 1 {
+			t.Fatalf("score %v at logit %v after %v", s, z, prev)
+		}
+		prev = s
+	}
+	if s := m.fromLogit(math.NaN()); s != 0.5 {
+		t.Errorf("NaN logit scores %v", s)
+	}
+	// Without percentiles the score is the sigmoid of the logit.
+	raw := &Learned{}
+	if s := raw.fromLogit(0.3); s != sigmoid(0.3) {
+		t.Errorf("no percentiles: %v", s)
+	}
+}
+
+// On the validation half about 1−t of prompts score at or above t.
+func TestPercentileScaleOnValidation(t *testing.T) {
+	ex, err := LoadExamples(dataFiles(t)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, val := Split(ex, 1)
+	scores := ScoreAll(DefaultModel(), val)
+	for _, th := range []float64{0.5, 0.75, 0.9} {
+		n := 0
+		for _, s := range scores {
+			if s >= th {
+				n++
+			}
+		}
+		if share := float64(n) / float64(len(scores)); math.Abs(share-(1-th)) > 0.05 {
+			t.Errorf("threshold %v escalates %.3f of validation prompts, want about %.2f", th, share, 1-th)
+		}
 	}
 }

@@ -120,6 +120,18 @@ func label(kind string, e *Example) float64 {
 	}
 }
 
+// Score calibrations.
+const (
+	// CalibratePercentile maps scores to their percentile among the
+	// training prompts.
+	CalibratePercentile = "percentile"
+	// CalibrateWeakWrong maps scores to the probability that the small
+	// model fails, keeping their order.
+	CalibrateWeakWrong = "weak_wrong"
+	// CalibrateNone leaves the score as the training label's probability.
+	CalibrateNone = "none"
+)
+
 // TrainOptions control Train. The zero value trains the default model.
 type TrainOptions struct {
 	Seed int64
@@ -144,6 +156,9 @@ type TrainOptions struct {
 	// regression instead of target encoding (slower; no better on the
 	// routing data).
 	TopicLR bool
+	// Calibrate is CalibratePercentile (default), CalibrateWeakWrong or
+	// CalibrateNone.
+	Calibrate string
 	// Progress, when set, is called every few iterations.
 	Progress func(iter int, loss float64)
 }
@@ -356,6 +371,42 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 	}
 	loss /= swSum
 
+	// Calibration keeps the order of the scores and sets their scale.
+	// Percentile (default): the score is the logit's percentile among the
+	// training prompts, so a threshold t escalates about 1−t of similar
+	// traffic. Weak-wrong: a one-dimensional logistic fit (a·logit + b,
+	// a > 0) maps the logit to the probability that the small model fails.
+	calA, calB := 1.0, 0.0
+	calibrate := opt.Calibrate
+	if calibrate == "" {
+		calibrate = CalibratePercentile
+	}
+	switch calibrate {
+	case CalibratePercentile: // after the model is built
+	case CalibrateWeakWrong:
+		lz := make([][]float64, len(rows))
+		yw := make([]float64, len(rows))
+		for i := range rows {
+			s := bias
+			for j := 0; j < nD; j++ {
+				s += wd[j] * z[i][j]
+			}
+			lz[i] = []float64{s}
+			yw[i] = float64(1 - ex[i].Weak)
+		}
+		b, a, _ := fitLR(rows, lz, 1, yw, sws, 0, 0, 0, iters, nil)
+		if a[0] > 0 {
+			calA, calB = a[0], b
+		}
+	case CalibrateNone:
+	default:
+		return nil, fmt.Errorf("router: unknown calibration %q", opt.Calibrate)
+	}
+	for j := range wd {
+		wd[j] *= calA
+	}
+	bias = calA*bias + calB
+
 	f := modelFile{
 		Format:   ModelFormat,
 		Features: DenseNames(),
@@ -383,6 +434,7 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 		"l2_dense": l2d, "iters": iters, "examples": len(ex),
 		"balance_sources": opt.BalanceSources, "final_loss": round32(loss),
 		"topic_weight": round32(wd[NumDense]),
+		"calibration":  calibrate, "calibration_scale": round32(calA), "calibration_shift": round32(calB),
 	}
 	if opt.TopicLR {
 		meta["topic"], meta["l2_grams"] = "logistic", l2g
@@ -395,6 +447,29 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 	}
 	mb, _ := json.Marshal(meta)
 	f.Meta = mb
+	m, err := newLearned(f)
+	if err != nil || calibrate != CalibratePercentile {
+		return m, err
+	}
+	logits := make([]float64, len(ex))
+	for i := range ex {
+		var d Dense
+		g := gramSink{weights: m.grams, mask: m.mask}
+		extract(ex[i].Input(), &d, &g)
+		logits[i] = m.logit(&d, &g)
+	}
+	sort.Float64s(logits)
+	f.Percentiles = make([]float32, 99)
+	for k := range f.Percentiles {
+		// Linear interpolation between order statistics.
+		pos := float64(k+1) / 100 * float64(len(logits)-1)
+		lo := int(pos)
+		hi := min(lo+1, len(logits)-1)
+		f.Percentiles[k] = float32(logits[lo] + (pos-float64(lo))*(logits[hi]-logits[lo]))
+	}
+	if f.Percentiles[98] <= f.Percentiles[0] {
+		return m, nil // degenerate: every prompt scores the same
+	}
 	return newLearned(f)
 }
 

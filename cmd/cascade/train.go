@@ -34,6 +34,7 @@ func runTrain(args []string) error {
 	smooth := fs.Float64("topic-smoothing", router.DefaultTopicSmoothing, "pseudo-count of the n-gram subject estimates")
 	iters := fs.Int("iters", router.DefaultIters, "optimiser steps")
 	balance := fs.Bool("balance", true, "weight each source equally")
+	calibrate := fs.String("calibrate", router.CalibratePercentile, "score scale (order is kept): percentile (among training prompts), weak_wrong (probability the small model fails) or none")
 	all := fs.Bool("all", false, "train on every row (no validation half)")
 	ablation := fs.Int("ablation", 0, "instead of training, run a feature-group ablation over this many split seeds (seed, seed+1, ...)")
 	if err := fs.Parse(args); err != nil {
@@ -48,7 +49,7 @@ func runTrain(args []string) error {
 	}
 	opt := router.TrainOptions{
 		Seed: *seed, Label: *label, GramBits: *bits, L2Dense: *l2, TopicSmoothing: *smooth,
-		Iters: *iters, BalanceSources: *balance,
+		Iters: *iters, BalanceSources: *balance, Calibrate: *calibrate,
 	}
 	if *ablation > 0 {
 		return runAblation(ex, opt, *ablation)
