@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -198,4 +201,49 @@ func readStream(b *testing.B, c *http.Client, url string, body []byte, chunks in
 	if !done || events < chunks {
 		b.Fatalf("stream: %d events, done %v", events, done)
 	}
+}
+
+// BenchmarkUpstreamClient is one non-streaming completion from the
+// simulator over loopback with the client the backends package uses
+// (net/http, pooled keep-alive connections) and with fasthttp's HostClient,
+// for comparison: the upstream call is a large part of what the gateway adds
+// to a request.
+func BenchmarkUpstreamClient(b *testing.B) {
+	_, simURL := simServer(b, sim.Config{Model: "small-model", MinTokens: 32, MaxTokens: 32})
+	url := simURL + "/chat/completions"
+	body := benchChatBody(1<<10, false)
+	b.Run("net-http", func(b *testing.B) {
+		c := benchClient(b)
+		post(b, c, url, body)
+		b.ReportAllocs()
+		for b.Loop() {
+			post(b, c, url, body)
+		}
+	})
+	b.Run("fasthttp", func(b *testing.B) {
+		hc := &fasthttp.HostClient{Addr: strings.TrimPrefix(strings.Split(simURL, "/v1")[0], "http://"),
+			MaxIdleConnDuration: 100 * time.Millisecond,
+			// A plain dialer: fasthttp's default one starts a DNS cache
+			// cleaner that never exits.
+			Dial: func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }}
+		defer hc.CloseIdleConnections()
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		do := func() {
+			req.Reset()
+			req.Header.SetMethod(http.MethodPost)
+			req.SetRequestURI(url)
+			req.Header.SetContentType("application/json")
+			req.SetBody(body)
+			if err := hc.Do(req, resp); err != nil || resp.StatusCode() != http.StatusOK || len(resp.Body()) == 0 {
+				b.Fatalf("fasthttp: %v %d", err, resp.StatusCode())
+			}
+		}
+		do()
+		b.ReportAllocs()
+		for b.Loop() {
+			do()
+		}
+	})
 }
