@@ -507,6 +507,10 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				}
 			}
 			prev, prevStart = tok, start
+			// The usual delimiter, a single space, needs no more work.
+			if i < n && s[i] == ' ' {
+				i++
+			}
 			continue
 		}
 		switch cl {
