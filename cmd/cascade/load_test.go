@@ -81,6 +81,13 @@ func TestLoadStreamsMeasureTTFT(t *testing.T) {
 	if rep.TTFT.P50 <= 0 || rep.TTFT.Max > rep.Latency.Max {
 		t.Fatalf("ttft %+v vs latency %+v", *rep.TTFT, rep.Latency)
 	}
+	// Events are read as they come: the first token arrives well before
+	// the last one (20 ms apart each).
+	_, slowURL := startTestSim(t, sim.Config{Model: "sim", ITL: 20 * time.Millisecond, MinTokens: 5, MaxTokens: 5})
+	rep = testLoad(t, slowURL, 20, 500*time.Millisecond, true)
+	if rep.OK != 10 || rep.TTFT.P50 >= rep.Latency.P50 || rep.Latency.P50 < 80*time.Millisecond {
+		t.Fatalf("slow stream: ok %d ttft %v latency %v", rep.OK, rep.TTFT.P50, rep.Latency.P50)
+	}
 	// A stream cut before [DONE] is an error, not a success.
 	s.SetFaults(0, 0, 0, 2)
 	rep = testLoad(t, url, 100, 200*time.Millisecond, true)
