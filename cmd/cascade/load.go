@@ -237,9 +237,10 @@ func loadRun(ctx context.Context, c loadConfig) (*loadReport, error) {
 		c.Timeout = 30 * time.Second
 	}
 	url := strings.TrimRight(c.URL, "/") + "/chat/completions"
-	// fasthttp's client: it costs the load generator about half the CPU of
-	// net/http's per request, which matters when it shares two cores with
-	// the gateway and the model server it measures.
+	// fasthttp's client: a round trip to the simulator takes about 30% less
+	// time and half the allocations of net/http's (BenchmarkUpstreamClient),
+	// which matters when the generator shares two cores with the gateway
+	// and the model server it measures.
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	client := &fasthttp.Client{
 		MaxConnsPerHost:    c.Concurrency,
