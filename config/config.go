@@ -69,7 +69,8 @@ func (e Endpoint) APIKey() string {
 
 // Routing controls which tier a request with model "auto" (or an alias) goes to.
 type Routing struct {
-	// Threshold: a score at or above it escalates. Default 0.5.
+	// Threshold: a score at or above it escalates. Default 0.75: with the built-in
+	// scorer, whose score is a percentile, about a quarter of traffic escalates.
 	Threshold float64 `yaml:"threshold"`
 	// TargetEscalationRate, when above 0, replaces the fixed threshold: the
 	// threshold follows the recent score distribution so that about this share
@@ -233,7 +234,7 @@ func Default() Config {
 	return Config{
 		Listen:       "127.0.0.1:8080",
 		MaxBodyBytes: 4 << 20,
-		Routing:      Routing{Threshold: 0.5},
+		Routing:      Routing{Threshold: 0.75},
 		Timeouts: Timeouts{
 			Connect:    2 * time.Second,
 			FirstByte:  60 * time.Second,

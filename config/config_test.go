@@ -12,7 +12,7 @@ func TestExampleIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Tiers) != 2 || c.Tiers[1].Endpoints[0].Weight != 1 || c.Routing.Threshold != 0.5 {
+	if len(c.Tiers) != 2 || c.Tiers[1].Endpoints[0].Weight != 1 || c.Routing.Threshold != 0.75 {
 		t.Fatalf("unexpected config: %+v", c)
 	}
 }

@@ -197,7 +197,7 @@ func TestAdminConfigRedacted(t *testing.T) {
 	if got.Config["admin"].(map[string]any)["token_env"] != cfg.Admin.TokenEnv {
 		t.Fatalf("admin.token_env should be shown: %v", got.Config["admin"])
 	}
-	if got.Config["routing"].(map[string]any)["threshold"] != 0.5 {
+	if got.Config["routing"].(map[string]any)["threshold"] != cfg.Routing.Threshold {
 		t.Fatalf("routing section: %v", got.Config["routing"])
 	}
 
@@ -438,7 +438,7 @@ func TestAdminStats(t *testing.T) {
 	if rep.Total.Requests != 3 || rep.Groups["small"].Requests != 3 || rep.Window != "1h" || rep.By != "tier" {
 		t.Fatalf("stats: %s", body)
 	}
-	if rep.Recorder == nil || rep.Recorder.Written != 3 || rep.Routing == nil || rep.Routing.Threshold != 0.5 || rep.Routing.TargetEscalationRate != nil {
+	if rep.Recorder == nil || rep.Recorder.Written != 3 || rep.Routing == nil || rep.Routing.Threshold != config.Default().Routing.Threshold || rep.Routing.TargetEscalationRate != nil {
 		t.Fatalf("recorder/routing: %s", body)
 	}
 	for _, q := range []string{"window=banana", "window=800h", "by=color"} {

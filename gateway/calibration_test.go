@@ -253,7 +253,8 @@ func policyGateway(t *testing.T, mod func(*config.Config), opts Options) (*Gatew
 	_, smallURL := simServer(t, sim.Config{Model: "small-model", MaxTokens: 4})
 	_, largeURL := simServer(t, sim.Config{Model: "large-model", MaxTokens: 4})
 	cfg := testConfig(t, []string{smallURL}, []string{largeURL})
-	cfg.Routing.Scorer = "length"
+	cfg.Routing.Scorer = "length" // scores are bytes/4000: the cases below rely on it
+	cfg.Routing.Threshold = 0.5
 	if mod != nil {
 		mod(cfg)
 	}
