@@ -1,10 +1,15 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -22,6 +27,7 @@ func runDemo(args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8080", "gateway address")
 	redisURL := fs.String("redis", "", "Redis URL for request records; empty: an embedded in-memory Redis, gone at exit")
+	traffic := fs.Float64("traffic", 1, "sample requests per second the demo sends itself, so the dashboard has data; 0: none")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -52,14 +58,27 @@ func runDemo(args []string) error {
 			Cost: config.Cost{GPU: &demoLargeGPU}},
 	}
 	cfg.Redis.URL = records
+	cfg.Admin.TokenEnv = "CASCADE_ADMIN_TOKEN"
+	token := os.Getenv(cfg.Admin.TokenEnv)
+	if token == "" {
+		var b [12]byte
+		rand.Read(b[:])
+		token = hex.EncodeToString(b[:])
+		os.Setenv(cfg.Admin.TokenEnv, token)
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if *traffic > 0 {
+		go demoTraffic("http://"+*listen+"/v1/chat/completions", *traffic)
 	}
 	fmt.Printf(`Cascade demo
   gateway           http://%[1]s   (OpenAI SDK base URL: http://%[1]s/v1)
   small tier (sim)  %[2]s
   large tier (sim)  %[3]s
   records           %[4]s  prefix %[5]s%[6]s
+  dashboard         http://%[1]s/dashboard#token=%[7]s
+  admin API         curl -H 'Authorization: Bearer %[7]s' http://%[1]s/admin/stats?window=1h
 
 Try:
   curl -si http://%[1]s/v1/chat/completions -H 'Content-Type: application/json' \
@@ -67,7 +86,7 @@ Try:
   cascade stats --redis %[4]s --prefix %[5]s --window 1h --by tier
 
 Ctrl-C stops it.
-`, *listen, smallURL, largeURL, records, cfg.Redis.Prefix, embeddedNote(*redisURL))
+`, *listen, smallURL, largeURL, records, cfg.Redis.Prefix, embeddedNote(*redisURL), token)
 	return serve(&cfg, "", gateway.Options{}, 10*time.Second)
 }
 
@@ -97,4 +116,37 @@ func startSim(c sim.Config) (string, error) {
 	srv := &http.Server{Handler: sim.New(c), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	return "http://" + ln.Addr().String() + "/v1", nil
+}
+
+// demoPrompts mix everyday requests with hard ones, as real traffic does.
+var demoPrompts = []string{
+	"What is 2+2?",
+	"Say hello in French.",
+	"Write a haiku about autumn leaves.",
+	"What is the capital of Australia?",
+	"Summarise in one sentence: the meeting moved to Thursday at 3pm.",
+	"Give me three synonyms for happy.",
+	"A train leaves at 9:40 and travels 238 km at 85 km/h, then 120 km at 60 km/h after a 15 minute stop. When does it arrive? Show each step.",
+	"Prove that the square root of 2 is irrational, then explain which step fails for the square root of 4.",
+	"Implement an LRU cache in Go with O(1) get and put, explain the invariants, and list the edge cases a test must cover.",
+	"Which of the following is NOT a consequence of the Coase theorem? I. ... II. ... III. ... Explain each option.",
+}
+
+// demoTraffic sends sample chat requests at rate per second until the process ends.
+func demoTraffic(url string, rate float64) {
+	time.Sleep(500 * time.Millisecond) // let the gateway start listening
+	tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		<-tick.C
+		body := fmt.Sprintf(`{"model":"auto","max_tokens":64,"stream":%t,"messages":[{"role":"user","content":%q}]}`,
+			i%3 == 0, demoPrompts[i%len(demoPrompts)])
+		go func() {
+			resp, err := http.Post(url, "application/json", strings.NewReader(body))
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
 }

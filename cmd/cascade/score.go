@@ -24,7 +24,7 @@ func init() {
 
 func runScore(args []string) error {
 	fs := flag.NewFlagSet("score", flag.ContinueOnError)
-	cfgPath := fs.String("config", "", "config file whose routing and tiers to apply (default: built-in model, threshold 0.5, tiers small/large)")
+	cfgPath := fs.String("config", "", "config file whose routing and tiers to apply (default: built-in model, the default threshold, tiers small/large)")
 	reasons := fs.Int("reasons", 3, "top contributing features to list per prompt (0: none)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), `usage: cascade score [--config FILE] [--reasons N] < in.jsonl > out.jsonl
@@ -46,9 +46,9 @@ or {"id": ..., "error": "..."} for a line that cannot be read.`)
 }
 
 // scorePolicy compiles the routing of the config at path, or the default
-// (built-in model, threshold 0.5, tiers small and large) when path is "".
+// (built-in model, the default threshold, tiers small and large) when path is "".
 func scorePolicy(path string) (*router.Policy, error) {
-	routing := config.Routing{Threshold: 0.5}
+	routing := config.Default().Routing
 	tiers := []string{"small", "large"}
 	if path != "" {
 		cfg, err := config.LoadFile(path)
