@@ -280,10 +280,11 @@ func TestExplainAddsUpToScore(t *testing.T) {
 	}
 }
 
-// dataDir is the labelled routing data beside the repository.
+// dataFiles is the labelled routing data kept with the tests (a copy of the
+// data the built-in model was trained on; see testdata/routing/README.md).
 func dataFiles(t *testing.T) []string {
 	t.Helper()
-	dir := filepath.Join("..", "..", "shared", "data", "routing")
+	dir := filepath.Join("testdata", "routing")
 	files := []string{filepath.Join(dir, "gsm8k.jsonl"), filepath.Join(dir, "mmlu.jsonl")}
 	for _, f := range files {
 		if _, err := os.Stat(f); err != nil {
