@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -132,5 +134,39 @@ func TestProcessCPU(t *testing.T) {
 	}
 	if _, err := processCPU(0); err == nil {
 		t.Fatal("pid 0 accepted")
+	}
+}
+
+func TestLoadCommandCompareWritesJSON(t *testing.T) {
+	_, a := startTestSim(t, sim.Config{Model: "sim", TTFT: 5 * time.Millisecond})
+	_, b := startTestSim(t, sim.Config{Model: "sim"})
+	out := filepath.Join(t.TempDir(), "r.json")
+	err := runLoad([]string{"--url", a, "--compare", b, "--rate", "100", "--duration", "300ms", "--warmup", "0",
+		"--max-tokens", "4", "--pid", strconv.Itoa(os.Getpid()), "--json", out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reps []loadReport
+	if err := json.Unmarshal(raw, &reps); err != nil {
+		t.Fatal(err)
+	}
+	if len(reps) != 2 || reps[0].URL != a || reps[1].URL != b {
+		t.Fatalf("reports: %s", raw)
+	}
+	for _, r := range reps {
+		if r.Sent != 30 || r.OK != 30 || r.ByStatus["200"] != 30 {
+			t.Fatalf("%s: sent %d ok %d %v", r.URL, r.Sent, r.OK, r.ByStatus)
+		}
+	}
+	if reps[0].CPU == nil || reps[1].CPU != nil {
+		t.Fatalf("CPU reported for the wrong run: %+v %+v", reps[0].CPU, reps[1].CPU)
+	}
+	// The first server takes 5 ms more a request.
+	if reps[0].Service.P50 < reps[1].Service.P50 || reps[0].Service.P50 < 5*time.Millisecond {
+		t.Fatalf("service p50 %v vs %v", reps[0].Service.P50, reps[1].Service.P50)
 	}
 }
