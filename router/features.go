@@ -49,6 +49,15 @@ const (
 	fHasResponseFormat
 	fMaxTokens
 	fMaxTokensSet
+	fDistinctNumbers
+	fNumberSentences
+	fStepLoad
+	fStemLen
+	fOptionLen
+	fCapsEmphasis
+	fRomanLines
+	fWordProblem
+	fChoiceDigits
 	fKwBase // first keyword-category feature; one per category below
 )
 
@@ -70,6 +79,12 @@ const (
 	catInstruction
 	catSubtle
 	catSimple
+	catRate
+	catProof
+	catAdvanced
+	catDesign
+	catChat
+	catNumWord
 	numCats
 )
 
@@ -80,7 +95,8 @@ var catNames = [numCats]string{
 	"kw_reasoning", "kw_multistep", "kw_constraint", "kw_negation", "kw_math",
 	"kw_code", "kw_law", "kw_medicine", "kw_science", "kw_finance",
 	"kw_history", "kw_ethics", "kw_quantity", "kw_instruction", "kw_subtle",
-	"kw_simple",
+	"kw_simple", "kw_rate", "kw_proof", "kw_advanced", "kw_design", "kw_chat",
+	"kw_numword",
 }
 
 // DenseNames returns the names of the dense features in vector order.
@@ -93,6 +109,8 @@ func DenseNames() []string {
 		"quotes", "parens", "money_percent", "choice_lines", "blank_lines",
 		"messages", "user_turns", "has_system", "system_len", "assistant_len",
 		"has_tools", "has_response_format", "max_tokens", "max_tokens_set",
+		"distinct_numbers", "number_sentences", "step_load", "stem_len", "option_len",
+		"caps_emphasis", "roman_lines", "word_problem", "choice_digit_share",
 	}
 	return append(n, catNames[:]...)
 }
@@ -103,14 +121,16 @@ func FeatureGroups() map[string][]int {
 	g := map[string][]int{
 		"length":       {fLenBytes, fLenWords, fAvgWordLen, fLongWordShare, fLines, fSentences, fWordsPerSentence},
 		"structure":    {fListItems, fCodeFences, fTableLines, fIndentLines, fBlankLines, fChoiceLines, fQuotes, fParens},
-		"code":         {fCodeChars, fKwBase + catCode},
+		"code":         {fCodeChars, fKwBase + catCode, fKwBase + catDesign},
 		"math":         {fDigitShare, fNumbers, fDecimals, fFractions, fMathOps, fLatex, fMoneyPct, fKwBase + catMath, fKwBase + catQuantity},
-		"reasoning":    {fKwBase + catReasoning, fKwBase + catMultiStep},
-		"constraints":  {fKwBase + catConstraint, fKwBase + catNegation, fKwBase + catSubtle},
-		"questions":    {fQuestions, fKwBase + catSimple, fKwBase + catInstruction},
+		"multistep":    {fDistinctNumbers, fNumberSentences, fStepLoad, fWordProblem, fKwBase + catRate, fKwBase + catNumWord},
+		"reasoning":    {fKwBase + catReasoning, fKwBase + catMultiStep, fKwBase + catProof},
+		"constraints":  {fKwBase + catConstraint, fKwBase + catNegation, fKwBase + catSubtle, fCapsEmphasis},
+		"choices":      {fStemLen, fOptionLen, fRomanLines, fChoiceDigits},
+		"questions":    {fQuestions, fKwBase + catSimple, fKwBase + catInstruction, fKwBase + catChat},
 		"conversation": {fMessages, fUserTurns, fHasSystem, fSystemLen, fAssistantLen},
 		"request":      {fHasTools, fHasResponseFormat, fMaxTokens, fMaxTokensSet},
-		"domain":       {fKwBase + catLaw, fKwBase + catMedicine, fKwBase + catScience, fKwBase + catFinance, fKwBase + catHistory, fKwBase + catEthics},
+		"domain":       {fKwBase + catLaw, fKwBase + catMedicine, fKwBase + catScience, fKwBase + catFinance, fKwBase + catHistory, fKwBase + catEthics, fKwBase + catAdvanced},
 		"language":     {fUpperShare, fPunctShare, fNonASCIIShare},
 	}
 	return g
@@ -210,6 +230,12 @@ var kwLists = [numCats]string{
 	catInstruction: "write summarize summarise translate list describe generate create story poem essay email rewrite draft outline",
 	catSubtle:      "best likely primarily correct statement statements true which following all mainly generally usually",
 	catSimple:      "hi hello thanks thank please what who when where name capital define meaning",
+	catRate:        "per each every times twice thrice double triple half third quarter percent percentage ratio rate remaining left total more less fewer than discount change profit average proportion split share",
+	catProof:       "prove proof derive derivation demonstrate lemma theorem rigorous rigorously formally formal show conjecture counterexample induction",
+	catAdvanced:    "homomorphism isomorphism subgroup abelian eigenvalue eigenvalues determinant entropy enthalpy regression estimator heteroskedasticity autocorrelation stationary covariance asymptotic differential quantum predicate propositional tautology syllogism fallacy premise premises valid invalid symbolization hearsay estoppel easement testator mortgagee grantor pharmacokinetics genotype allele complexity algorithm compiler kernel",
+	catDesign:      "implement implementation design architecture optimize optimise concurrency concurrent thread threads lock mutex distributed scalable latency throughput memory cache queue async asynchronous refactor debug",
+	catChat:        "hi hello hey thanks thank ok okay cool great bye morning joke",
+	catNumWord:     "one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty fifty hundred thousand million half halves twice double doubled triple tripled thrice third thirds quarter quarters dozen dozens",
 }
 
 func hashWord(w string) uint64 {
@@ -341,6 +367,7 @@ type counts struct {
 	sentences, lines, listItems, codeFences, tableLines, indentLines float32
 	codeChars, quotes, parens, moneyPct, choiceLines, blankLines     float32
 	systemBytes, assistantBytes, decimals, fractions                 float32
+	distinct, numSentences, stemBytes, optionBytes, caps, romans     float32
 	kw                                                               [numCats]float32
 	messages, userTurns                                              float32
 	hasSystem                                                        bool
@@ -388,7 +415,15 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 		indent, codeChars, quotes, parens, money, choices      int
 		blank, decimals, fractions                             int
 		kw                                                     [numCats]int
+		// distinct numbers (up to len(nums)), sentences with a number,
+		// multiple-choice layout, emphasised words, roman-numbered lines
+		nums                      [32]uint64
+		distinct, numSentences    int
+		sentHasNum, inChoice      bool
+		stemEnd, choiceStart      int
+		optionBytes, caps, romans int
 	)
+	stemEnd = -1
 	var (
 		prev      uint64 // previous token hash, 0 at a boundary
 		prevStart int
@@ -417,10 +452,21 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 					fences++
 				case len(r) >= 2 && (r[0] == '-' || r[0] == '*' || r[0] == '+') && r[1] == ' ':
 					listItems++
-				case len(r) >= 2 && r[0] >= 'A' && r[0] <= 'H' && (r[1] == '.' || r[1] == ')'):
+				case len(r) >= 2 && r[0] >= 'A' && r[0] <= 'H' && (r[1] == '.' || r[1] == ')'),
+					len(r) >= 3 && r[0] == '(' && ((r[1] >= 'a' && r[1] <= 'h') || (r[1] >= 'A' && r[1] <= 'H')) && r[2] == ')':
 					choices++
-				case len(r) >= 3 && r[0] == '(' && ((r[1] >= 'a' && r[1] <= 'h') || (r[1] >= 'A' && r[1] <= 'H')) && r[2] == ')':
-					choices++
+					if stemEnd < 0 {
+						stemEnd = i
+					}
+					inChoice, choiceStart = true, j
+				case r[0] == 'I':
+					k := 1
+					for k < len(r) && k < 4 && (r[k] == 'I' || r[k] == 'V') {
+						k++
+					}
+					if k+1 < len(r) && (r[k] == '.' || r[k] == ')') && r[k+1] == ' ' {
+						romans++
+					}
 				case r[0] >= '0' && r[0] <= '9':
 					k := 1
 					for k < len(r) && k < 4 && r[k] >= '0' && r[k] <= '9' {
@@ -443,6 +489,7 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 			start := i
 			isNum := cl == cDigit
 			isDec := false
+			up := upper
 			h := uint64(fnvOffset)
 		token:
 			for i < n {
@@ -484,6 +531,17 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				if isDec {
 					decimals++
 				}
+				sentHasNum = true
+				if distinct < len(nums) {
+					k := 0
+					for k < distinct && nums[k] != h {
+						k++
+					}
+					if k == distinct {
+						nums[distinct] = h
+						distinct++
+					}
+				}
 				if i+1 < n && s[i] == '/' && charClass[s[i+1]] == cDigit {
 					fractions++
 				}
@@ -495,7 +553,11 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 					longWords++
 				}
 				if wl >= 2 && wl <= 24 {
-					for m := kwLookup(h); m != 0; m &= m - 1 {
+					m := kwLookup(h)
+					if wl >= 3 && upper-up == wl && m&(1<<catNegation|1<<catConstraint) != 0 {
+						caps++ // NOT, EXCEPT, LEAST, ONLY, MUST
+					}
+					for ; m != 0; m &= m - 1 {
 						kw[trailingZeros32(m)]++
 					}
 				}
@@ -518,6 +580,14 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 			if i+1 < n {
 				lines++
 			}
+			if inChoice {
+				optionBytes += i - choiceStart
+				inChoice = false
+			}
+			if sentHasNum {
+				numSentences++
+				sentHasNum = false
+			}
 			lineStart = true
 			prev = 0
 			if pipes >= 2 {
@@ -536,10 +606,18 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 			case '?':
 				questions++
 				sentences++
+				if sentHasNum {
+					numSentences++
+					sentHasNum = false
+				}
 				prev = 0
 			case '.', '!', ';', ':':
 				if isSentenceEnd[ch] {
 					sentences++
+					if sentHasNum {
+						numSentences++
+						sentHasNum = false
+					}
 				}
 				prev = 0
 			case '|':
@@ -558,6 +636,15 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 	}
 	if pipes >= 2 {
 		tables++
+	}
+	if inChoice {
+		optionBytes += n - choiceStart
+	}
+	if sentHasNum {
+		numSentences++
+	}
+	if stemEnd < 0 {
+		stemEnd = n
 	}
 	f := func(x int) float32 { return rw * float32(x) }
 	c.letters += f(letters)
@@ -589,6 +676,12 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 	for k := range kw {
 		c.kw[k] += f(kw[k])
 	}
+	c.distinct += f(distinct)
+	c.numSentences += f(numSentences)
+	c.stemBytes += f(stemEnd)
+	c.optionBytes += f(optionBytes)
+	c.caps += f(caps)
+	c.romans += f(romans)
 }
 
 func trailingZeros32(x uint32) int {
@@ -658,4 +751,51 @@ func fill(in *Input, c *counts, d *Dense) {
 	for k := range c.kw {
 		d[fKwBase+k] = log1p(c.kw[k])
 	}
+	d[fDistinctNumbers] = log1p(c.distinct)
+	d[fNumberSentences] = log1p(c.numSentences)
+	// Multi-step load: several sentences that each bring quantities.
+	d[fStepLoad] = d[fNumberSentences] * d[fDistinctNumbers]
+	d[fStemLen] = log1p(c.stemBytes)
+	d[fOptionLen] = log1p(ratio(c.optionBytes, c.choiceLines))
+	d[fCapsEmphasis] = log1p(c.caps)
+	d[fRomanLines] = log1p(c.romans)
+	if c.choiceLines == 0 {
+		// A word problem: quantities in free text, no answer options.
+		d[fWordProblem] = d[fStepLoad]
+	} else {
+		// Digits in a multiple-choice question (computed answers).
+		d[fChoiceDigits] = d[fDigitShare]
+	}
+}
+
+// Sign constraints: prior knowledge of which way a feature can push.
+// Features that by their nature indicate a harder task (length, quantities,
+// code, math, reasoning and proof cues, constraints, specialist vocabulary)
+// may only raise the score; chit-chat and simple-question cues may only
+// lower it. Training projects the weights onto these signs, so a feature
+// cannot learn an artefact of one data set (say, that prompts with decimals
+// were easy there) that would misroute prompts unlike it.
+var featureSign = map[int]int8{
+	fLenBytes: 1, fLenWords: 1, fLongWordShare: 1, fListItems: 1, fCodeFences: 1,
+	fTableLines: 1, fIndentLines: 1, fCodeChars: 1, fNumbers: 1, fDecimals: 1,
+	fFractions: 1, fMathOps: 1, fLatex: 1, fDistinctNumbers: 1, fDigitShare: 1,
+	fMoneyPct: 1, fKwBase + catQuantity: 1,
+	fNumberSentences: 1, fStepLoad: 1, fWordProblem: 1, fCapsEmphasis: 1,
+	fRomanLines: 1, fHasTools: 1, fHasResponseFormat: 1,
+	fKwBase + catReasoning: 1, fKwBase + catMultiStep: 1, fKwBase + catConstraint: 1,
+	fKwBase + catNegation: 1, fKwBase + catMath: 1, fKwBase + catCode: 1,
+	fKwBase + catLaw: 1, fKwBase + catMedicine: 1, fKwBase + catScience: 1,
+	fKwBase + catRate: 1, fKwBase + catProof: 1, fKwBase + catAdvanced: 1,
+	fKwBase + catDesign: 1, fKwBase + catNumWord: 1,
+	fKwBase + catSimple: -1, fKwBase + catChat: -1,
+}
+
+// FeatureSigns returns the sign constraint of each dense feature: +1 (weight
+// ≥ 0), −1 (≤ 0) or 0 (free).
+func FeatureSigns() []int8 {
+	s := make([]int8, NumDense)
+	for j, v := range featureSign {
+		s[j] = v
+	}
+	return s
 }

@@ -104,7 +104,13 @@ const (
 	LabelWeakWrong = "weak_wrong"
 	// LabelEscalate: the small model fails and the large one succeeds.
 	LabelEscalate = "escalate"
+	// LabelHard is LabelGain except that prompts both models fail count as
+	// partly worth escalating (hard prompts; a stronger large model may
+	// solve them).
+	LabelHard = "hard"
 )
+
+var hardBoth = 0.75
 
 func label(kind string, e *Example) float64 {
 	switch kind {
@@ -115,6 +121,11 @@ func label(kind string, e *Example) float64 {
 			return 1
 		}
 		return 0
+	case LabelHard:
+		if e.Strong == 0 && e.Weak == 0 {
+			return hardBoth
+		}
+		return float64(e.Strong-e.Weak+1) / 2
 	default:
 		return float64(e.Strong-e.Weak+1) / 2
 	}
@@ -159,6 +170,10 @@ type TrainOptions struct {
 	// Calibrate is CalibratePercentile (default), CalibrateWeakWrong or
 	// CalibrateNone.
 	Calibrate string
+	// Unconstrained trains without the sign constraints of FeatureSigns.
+	Unconstrained bool
+	// Signs overrides FeatureSigns (one entry per dense feature) when set.
+	Signs []int8
 	// Progress, when set, is called every few iterations.
 	Progress func(iter int, loss float64)
 }
@@ -236,7 +251,7 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 		opt.Label = LabelGain
 	}
 	switch opt.Label {
-	case LabelGain, LabelWeakWrong, LabelEscalate:
+	case LabelGain, LabelWeakWrong, LabelEscalate, LabelHard:
 	default:
 		return nil, fmt.Errorf("router: unknown label %q", opt.Label)
 	}
@@ -354,8 +369,19 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 		}
 	}
 
-	// Stage 2: logistic regression on the dense features and the topic.
-	bias, wd, _ := fitLR(rows, z, nD, ys, sws, l2d, 0, 0, iters, opt.Progress)
+	// Stage 2: logistic regression on the dense features and the topic,
+	// with the weights projected onto their sign constraints.
+	var signs []int8
+	if !opt.Unconstrained {
+		signs = make([]int8, nD)
+		fs := opt.Signs
+		if len(fs) != NumDense {
+			fs = FeatureSigns()
+		}
+		copy(signs, fs)
+		signs[NumDense] = 1 // the topic estimate points the right way by construction
+	}
+	bias, wd, _ := fitLR(rows, z, nD, ys, sws, l2d, 0, 0, iters, signs, opt.Progress)
 	for j := 0; j < NumDense; j++ {
 		if !active[j] {
 			wd[j] = 0
@@ -394,7 +420,7 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 			lz[i] = []float64{s}
 			yw[i] = float64(1 - ex[i].Weak)
 		}
-		b, a, _ := fitLR(rows, lz, 1, yw, sws, 0, 0, 0, iters, nil)
+		b, a, _ := fitLR(rows, lz, 1, yw, sws, 0, 0, 0, iters, nil, nil)
 		if a[0] > 0 {
 			calA, calB = a[0], b
 		}
@@ -433,8 +459,9 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 		"seed": opt.Seed, "label": opt.Label, "gram_bits": f.GramBits,
 		"l2_dense": l2d, "iters": iters, "examples": len(ex),
 		"balance_sources": opt.BalanceSources, "final_loss": round32(loss),
-		"topic_weight": round32(wd[NumDense]),
-		"calibration":  calibrate, "calibration_scale": round32(calA), "calibration_shift": round32(calB),
+		"sign_constraints": !opt.Unconstrained,
+		"topic_weight":     round32(wd[NumDense]),
+		"calibration":      calibrate, "calibration_scale": round32(calA), "calibration_shift": round32(calB),
 	}
 	if opt.TopicLR {
 		meta["topic"], meta["l2_grams"] = "logistic", l2g
@@ -540,7 +567,9 @@ func gramDot(g []GramHit, w []float64) float64 {
 // fitLR minimises the weighted logistic loss plus L2 penalties by
 // full-batch Adam from zero (bias from the label's log-odds). z holds nD
 // dense columns per row (may be nil); nG > 0 adds the rows' n-grams.
-func fitLR(rows []trainRow, z [][]float64, nD int, y, sw []float64, l2d, l2g float64, nG, iters int, progress func(int, float64)) (bias float64, wd, wg []float64) {
+// signs, when non-nil, holds a sign constraint per dense column (+1: ≥ 0,
+// −1: ≤ 0, 0: free) enforced by projection after every step.
+func fitLR(rows []trainRow, z [][]float64, nD int, y, sw []float64, l2d, l2g float64, nG, iters int, signs []int8, progress func(int, float64)) (bias float64, wd, wg []float64) {
 	const (
 		lr    = 0.05
 		beta1 = 0.9
@@ -609,6 +638,11 @@ func fitLR(rows []trainRow, z [][]float64, nD int, y, sw []float64, l2d, l2g flo
 			m2[k] = beta2*m2[k] + (1-beta2)*grad[k]*grad[k]
 			w[k] -= lr * (m1[k] / c1) / (math.Sqrt(m2[k]/c2) + eps)
 		}
+		for j, sg := range signs {
+			if (sg > 0 && w[1+j] < 0) || (sg < 0 && w[1+j] > 0) {
+				w[1+j] = 0
+			}
+		}
 		if progress != nil && (it%50 == 0 || it == iters) {
 			progress(it, loss)
 		}
@@ -652,7 +686,7 @@ func fitTopic(rows []trainRow, prior, sw []float64, nG int, k float64) []float64
 
 func topicFit(rows []trainRow, prior, sw []float64, nG int, opt TrainOptions, l2g float64, iters int) []float64 {
 	if opt.TopicLR {
-		_, _, wg := fitLR(rows, nil, 0, prior, sw, 0, l2g, nG, iters, nil)
+		_, _, wg := fitLR(rows, nil, 0, prior, sw, 0, l2g, nG, iters, nil, nil)
 		return wg
 	}
 	return fitTopic(rows, prior, sw, nG, opt.TopicSmoothing)
