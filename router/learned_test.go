@@ -3,6 +3,7 @@ package router
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -468,5 +469,62 @@ func TestPercentileScaleOnValidation(t *testing.T) {
 		if share := float64(n) / float64(len(scores)); math.Abs(share-(1-th)) > 0.05 {
 			t.Errorf("threshold %v escalates %.3f of validation prompts, want about %.2f", th, share, 1-th)
 		}
+	}
+}
+
+// In data where a difficulty cue goes with easy prompts (as decimals did in
+// the routing data), the unconstrained fit learns a negative weight and the
+// constrained one keeps it at zero or above; chit-chat cues never go up.
+func TestSignConstraints(t *testing.T) {
+	ex := make([]Example, 300)
+	for i := range ex {
+		p := fmt.Sprintf("item %d costs some coins and we count them", i)
+		ex[i] = Example{Source: "s", Prompt: p, Weak: 0, Strong: 1}
+		if i%2 == 0 { // easy prompts carry a decimal and a greeting
+			ex[i].Prompt = fmt.Sprintf("hello item %d.5 costs some coins and we count them", i)
+			ex[i].Weak = 1
+		}
+	}
+	opt := TrainOptions{Seed: 1, Iters: 200, GramBits: -1}
+	c, err := Train(ex, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.Unconstrained = true
+	u, _ := Train(ex, opt)
+	if w := u.file.Weights[fDecimals]; w >= 0 {
+		t.Fatalf("unconstrained decimals weight %v, want < 0 on this data", w)
+	}
+	signs := FeatureSigns()
+	for j, w := range c.file.Weights {
+		if (signs[j] > 0 && w < 0) || (signs[j] < 0 && w > 0) {
+			t.Errorf("%s: weight %v breaks its sign %d", DenseNames()[j], w, signs[j])
+		}
+	}
+	if signs[fDecimals] != 1 || signs[fKwBase+catChat] != -1 || signs[fAvgWordLen] != 0 {
+		t.Error("unexpected sign table")
+	}
+}
+
+func TestFeaturesQuantitiesAndChoices(t *testing.T) {
+	d := dense(user("Tom has 3 apples and 3 pears. He buys 5 more. How many now? Which is NOT true?"))
+	if d[fDistinctNumbers] != log1p(2) || d[fNumberSentences] != log1p(2) {
+		t.Errorf("distinct numbers %v, number sentences %v; want log1p(2) each", d[fDistinctNumbers], d[fNumberSentences])
+	}
+	if d[fStepLoad] != d[fDistinctNumbers]*d[fNumberSentences] || d[fWordProblem] != d[fStepLoad] || d[fChoiceDigits] != 0 {
+		t.Errorf("step load %v, word problem %v, choice digits %v", d[fStepLoad], d[fWordProblem], d[fChoiceDigits])
+	}
+	if d[fCapsEmphasis] != log1p(1) {
+		t.Errorf("caps emphasis %v, want log1p(1)", d[fCapsEmphasis])
+	}
+	mc := dense(user("Pick one of 12 and 14.\nI. first\nII. second\nA. yes\nB. no way\nAnswer:"))
+	if mc[fStemLen] != log1p(float32(len("Pick one of 12 and 14.\nI. first\nII. second\n"))) {
+		t.Errorf("stem length %v", mc[fStemLen])
+	}
+	if mc[fOptionLen] != log1p(float32(len("A. yes")+len("B. no way"))/2) || mc[fRomanLines] != log1p(2) {
+		t.Errorf("option length %v, roman lines %v", mc[fOptionLen], mc[fRomanLines])
+	}
+	if mc[fWordProblem] != 0 || mc[fChoiceDigits] != mc[fDigitShare] {
+		t.Errorf("multiple choice: word problem %v, choice digits %v", mc[fWordProblem], mc[fChoiceDigits])
 	}
 }
