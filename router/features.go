@@ -58,6 +58,10 @@ const (
 	fRomanLines
 	fWordProblem
 	fChoiceDigits
+	fEntities
+	fCommas
+	fMaxDigits
+	fParts
 	fKwBase // first keyword-category feature; one per category below
 )
 
@@ -85,6 +89,7 @@ const (
 	catDesign
 	catChat
 	catNumWord
+	catPartLabel
 	numCats
 )
 
@@ -96,7 +101,7 @@ var catNames = [numCats]string{
 	"kw_code", "kw_law", "kw_medicine", "kw_science", "kw_finance",
 	"kw_history", "kw_ethics", "kw_quantity", "kw_instruction", "kw_subtle",
 	"kw_simple", "kw_rate", "kw_proof", "kw_advanced", "kw_design", "kw_chat",
-	"kw_numword",
+	"kw_numword", "kw_part_label",
 }
 
 // DenseNames returns the names of the dense features in vector order.
@@ -111,6 +116,7 @@ func DenseNames() []string {
 		"has_tools", "has_response_format", "max_tokens", "max_tokens_set",
 		"distinct_numbers", "number_sentences", "step_load", "stem_len", "option_len",
 		"caps_emphasis", "roman_lines", "word_problem", "choice_digit_share",
+		"entities", "commas", "max_digits", "numbered_parts",
 	}
 	return append(n, catNames[:]...)
 }
@@ -123,10 +129,10 @@ func FeatureGroups() map[string][]int {
 		"structure":    {fListItems, fCodeFences, fTableLines, fIndentLines, fBlankLines, fChoiceLines, fQuotes, fParens},
 		"code":         {fCodeChars, fKwBase + catCode, fKwBase + catDesign},
 		"math":         {fDigitShare, fNumbers, fDecimals, fFractions, fMathOps, fLatex, fMoneyPct, fKwBase + catMath, fKwBase + catQuantity},
-		"multistep":    {fDistinctNumbers, fNumberSentences, fStepLoad, fWordProblem, fKwBase + catRate, fKwBase + catNumWord},
+		"multistep":    {fEntities, fCommas, fMaxDigits, fDistinctNumbers, fNumberSentences, fStepLoad, fWordProblem, fKwBase + catRate, fKwBase + catNumWord},
 		"reasoning":    {fKwBase + catReasoning, fKwBase + catMultiStep, fKwBase + catProof},
 		"constraints":  {fKwBase + catConstraint, fKwBase + catNegation, fKwBase + catSubtle, fCapsEmphasis},
-		"choices":      {fStemLen, fOptionLen, fRomanLines, fChoiceDigits},
+		"choices":      {fStemLen, fOptionLen, fRomanLines, fChoiceDigits, fParts, fKwBase + catPartLabel},
 		"questions":    {fQuestions, fKwBase + catSimple, fKwBase + catInstruction, fKwBase + catChat},
 		"conversation": {fMessages, fUserTurns, fHasSystem, fSystemLen, fAssistantLen},
 		"request":      {fHasTools, fHasResponseFormat, fMaxTokens, fMaxTokensSet},
@@ -235,6 +241,7 @@ var kwLists = [numCats]string{
 	catAdvanced:    "homomorphism isomorphism subgroup abelian eigenvalue eigenvalues determinant entropy enthalpy regression estimator heteroskedasticity autocorrelation stationary covariance asymptotic differential quantum predicate propositional tautology syllogism fallacy premise premises valid invalid symbolization hearsay estoppel easement testator mortgagee grantor pharmacokinetics genotype allele complexity algorithm compiler kernel",
 	catDesign:      "implement implementation design architecture optimize optimise concurrency concurrent thread threads lock mutex distributed scalable latency throughput memory cache queue async asynchronous refactor debug",
 	catChat:        "hi hello hey thanks thank ok okay cool great bye morning joke",
+	catPartLabel:   "scenario statement case part premise claim situation passage",
 	catNumWord:     "one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty fifty hundred thousand million half halves twice double doubled triple tripled thrice third thirds quarter quarters dozen dozens",
 }
 
@@ -368,6 +375,7 @@ type counts struct {
 	codeChars, quotes, parens, moneyPct, choiceLines, blankLines     float32
 	systemBytes, assistantBytes, decimals, fractions                 float32
 	distinct, numSentences, stemBytes, optionBytes, caps, romans     float32
+	ents, commas, maxDigits, parts                                   float32
 	kw                                                               [numCats]float32
 	messages, userTurns                                              float32
 	hasSystem                                                        bool
@@ -422,6 +430,12 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 		sentHasNum, inChoice      bool
 		stemEnd, choiceStart      int
 		optionBytes, caps, romans int
+		// distinct capitalised words inside sentences (names, entities),
+		// commas outside numbers, the longest number's digits
+		ents                    [16]uint64
+		nEnts, commas, maxDigit int
+		midSentence, afterLabel bool
+		parts                   int // "Scenario 1", "Statement 2": numbered parts
 	)
 	stemEnd = -1
 	var (
@@ -489,7 +503,8 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 			start := i
 			isNum := cl == cDigit
 			isDec := false
-			up := upper
+			up, dg := upper, digits
+			lastKw := uint32(0)
 			h := uint64(fnvOffset)
 		token:
 			for i < n {
@@ -532,6 +547,12 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 					decimals++
 				}
 				sentHasNum = true
+				if afterLabel {
+					parts++
+				}
+				if digits-dg > maxDigit {
+					maxDigit = digits - dg
+				}
 				if distinct < len(nums) {
 					k := 0
 					for k < distinct && nums[k] != h {
@@ -552,8 +573,19 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				if wl >= 10 {
 					longWords++
 				}
+				if midSentence && cl == cUpper && upper-up == 1 && nEnts < len(ents) {
+					k := 0
+					for k < nEnts && ents[k] != h {
+						k++
+					}
+					if k == nEnts {
+						ents[nEnts] = h
+						nEnts++
+					}
+				}
 				if wl >= 2 && wl <= 24 {
 					m := kwLookup(h)
+					lastKw = m
 					if wl >= 3 && upper-up == wl && m&(1<<catNegation|1<<catConstraint) != 0 {
 						caps++ // NOT, EXCEPT, LEAST, ONLY, MUST
 					}
@@ -569,6 +601,8 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				}
 			}
 			prev, prevStart = tok, start
+			midSentence = true
+			afterLabel = !isNum && lastKw&(1<<catPartLabel) != 0
 			// The usual delimiter, a single space, needs no more work.
 			if i < n && s[i] == ' ' {
 				i++
@@ -588,6 +622,7 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				numSentences++
 				sentHasNum = false
 			}
+			midSentence = false
 			lineStart = true
 			prev = 0
 			if pipes >= 2 {
@@ -610,6 +645,7 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 					numSentences++
 					sentHasNum = false
 				}
+				midSentence = false
 				prev = 0
 			case '.', '!', ';', ':':
 				if isSentenceEnd[ch] {
@@ -618,8 +654,11 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 						numSentences++
 						sentHasNum = false
 					}
+					midSentence = false
 				}
 				prev = 0
+			case ',':
+				commas++
 			case '|':
 				pipes++
 			case '"':
@@ -682,6 +721,12 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 	c.optionBytes += f(optionBytes)
 	c.caps += f(caps)
 	c.romans += f(romans)
+	c.ents += f(nEnts)
+	c.parts += f(parts)
+	c.commas += f(commas)
+	if md := f(maxDigit); md > c.maxDigits {
+		c.maxDigits = md
+	}
 }
 
 func trailingZeros32(x uint32) int {
@@ -759,6 +804,14 @@ func fill(in *Input, c *counts, d *Dense) {
 	d[fOptionLen] = log1p(ratio(c.optionBytes, c.choiceLines))
 	d[fCapsEmphasis] = log1p(c.caps)
 	d[fRomanLines] = log1p(c.romans)
+	d[fParts] = log1p(c.parts)
+	if c.choiceLines == 0 {
+		// Free text only: in multiple-choice questions these mostly
+		// describe the options.
+		d[fEntities] = log1p(c.ents)
+		d[fCommas] = log1p(c.commas)
+		d[fMaxDigits] = log1p(c.maxDigits)
+	}
 	if c.choiceLines == 0 {
 		// A word problem: quantities in free text, no answer options.
 		d[fWordProblem] = d[fStepLoad]
@@ -779,9 +832,9 @@ var featureSign = map[int]int8{
 	fLenBytes: 1, fLenWords: 1, fLongWordShare: 1, fListItems: 1, fCodeFences: 1,
 	fTableLines: 1, fIndentLines: 1, fCodeChars: 1, fNumbers: 1, fDecimals: 1,
 	fFractions: 1, fMathOps: 1, fLatex: 1, fDistinctNumbers: 1, fDigitShare: 1,
-	fMoneyPct: 1, fKwBase + catQuantity: 1,
+	fMoneyPct: 1, fKwBase + catQuantity: 1, fEntities: 1, fCommas: 1, fMaxDigits: 1,
 	fNumberSentences: 1, fStepLoad: 1, fWordProblem: 1, fCapsEmphasis: 1,
-	fRomanLines: 1, fHasTools: 1, fHasResponseFormat: 1,
+	fRomanLines: 1, fParts: 1, fHasTools: 1, fHasResponseFormat: 1,
 	fKwBase + catReasoning: 1, fKwBase + catMultiStep: 1, fKwBase + catConstraint: 1,
 	fKwBase + catNegation: 1, fKwBase + catMath: 1, fKwBase + catCode: 1,
 	fKwBase + catLaw: 1, fKwBase + catMedicine: 1, fKwBase + catScience: 1,
