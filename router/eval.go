@@ -242,8 +242,12 @@ func Ablation(ex []Example, seeds []int64, opt TrainOptions, progress func(done,
 			o.Seed, o.Progress = seed, nil
 			switch name {
 			case "all":
-			case "ngrams":
-				o.GramBits = -1
+			case "ngrams": // toggled: left out when the options use them, else added
+				if o.GramBits > 0 || (o.GramBits == 0 && DefaultGramBits > 0) {
+					o.GramBits = -1
+				} else {
+					o.GramBits = 12
+				}
 			default:
 				o.Drop = append(append([]int(nil), opt.Drop...), groups[name]...)
 			}

@@ -199,6 +199,11 @@ func (m *Learned) UsesGrams() bool { return len(m.file.Grams) > 0 }
 // Score implements Scorer: the probability-like need for the large model.
 func (m *Learned) Score(in *Input) float64 {
 	var d Dense
+	if len(m.file.Grams) == 0 {
+		// No n-gram weights: skip hashing n-grams altogether.
+		extract(in, &d, nil)
+		return m.fromLogit(m.logit(&d, nil))
+	}
 	g := gramSink{weights: m.grams, mask: m.mask}
 	extract(in, &d, &g)
 	return m.fromLogit(m.logit(&d, &g))
@@ -246,7 +251,7 @@ func (m *Learned) logit(d *Dense, g *gramSink) float64 {
 	for i := range d {
 		z += float64(m.w[i]) * float64(d[i])
 	}
-	if g.count > 0 {
+	if g != nil && g.count > 0 {
 		z += g.sum / g.count
 	}
 	return z

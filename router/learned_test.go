@@ -375,17 +375,17 @@ func syntheticExamples(n int) []Example {
 
 func TestTrainIsDeterministicAndLearns(t *testing.T) {
 	ex := syntheticExamples(400)
-	a, err := Train(ex, TrainOptions{Seed: 3, Iters: 150})
+	a, err := Train(ex, TrainOptions{Seed: 3, Iters: 150, GramBits: 12})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := Train(ex, TrainOptions{Seed: 3, Iters: 150})
+	b, _ := Train(ex, TrainOptions{Seed: 3, Iters: 150, GramBits: 12})
 	ja, _ := a.Marshal()
 	jb, _ := b.Marshal()
 	if !bytes.Equal(ja, jb) {
 		t.Fatal("same data and seed gave different models")
 	}
-	c, _ := Train(ex, TrainOptions{Seed: 4, Iters: 150})
+	c, _ := Train(ex, TrainOptions{Seed: 4, Iters: 150, GramBits: 12})
 	if jc, _ := c.Marshal(); bytes.Equal(ja, jc) {
 		t.Error("a different seed changed nothing (topic folds should differ)")
 	}

@@ -148,8 +148,8 @@ type TrainOptions struct {
 	Seed int64
 	// Label is LabelGain (default), LabelWeakWrong or LabelEscalate.
 	Label string
-	// GramBits is log2 of the number of n-gram buckets; 0 means 12, and a
-	// negative value trains without n-grams.
+	// GramBits is log2 of the number of n-gram buckets; 0 means
+	// DefaultGramBits, and a negative value trains without n-grams.
 	GramBits int
 	// L2Dense is the L2 penalty on the dense weights; L2Grams the one on the
 	// n-gram weights when TopicLR is set. 0 means the defaults.
@@ -180,7 +180,11 @@ type TrainOptions struct {
 
 // Defaults of TrainOptions.
 const (
-	DefaultGramBits = 12
+	// DefaultGramBits: no n-grams. With the sign-constrained dense
+	// features they add nothing on held-out prompts (5-seed mean within
+	// ±0.002 APGR) and they memorise the vocabulary of the training data;
+	// --gram-bits 12 brings them back.
+	DefaultGramBits = -1
 	DefaultL2Dense  = 3e-2
 	DefaultL2Grams  = 3e-3
 	DefaultIters    = 400
@@ -205,11 +209,15 @@ func featurize(ex []Example, bits int, kind string, balance bool) []trainRow {
 	for i := range ex {
 		r := &rows[i]
 		in := ex[i].Input()
-		hits = hits[:0]
-		g := gramSink{record: &hits, mask: 1<<max(bits, 0) - 1}
-		extract(in, &r.d, &g)
-		if bits > 0 && g.count > 0 {
-			r.grams = compactGrams(hits, 1/g.count)
+		if bits <= 0 {
+			extract(in, &r.d, nil)
+		} else {
+			hits = hits[:0]
+			g := gramSink{record: &hits, mask: 1<<bits - 1}
+			extract(in, &r.d, &g)
+			if g.count > 0 {
+				r.grams = compactGrams(hits, 1/g.count)
+			}
 		}
 		r.y = label(kind, &ex[i])
 		r.sw = 1
