@@ -429,7 +429,7 @@ func TestFleetGatewaysShareThreshold(t *testing.T) {
 	calA, calB := ga.snap.Load().policy.Calibrator(), gb.snap.Load().policy.Calibrator()
 	// Alone, a would sit at 0.75 and b at 0.19; merged, both sit where a
 	// quarter of the union escalates: about 0.5.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ta, tb := calA.Threshold(), calB.Threshold()
 		if math.Abs(ta-tb) < 0.02 && ta > 0.4 && ta < 0.6 {
