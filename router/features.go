@@ -807,8 +807,11 @@ func fill(in *Input, c *counts, d *Dense) {
 	d[fParts] = log1p(c.parts)
 	if c.choiceLines == 0 {
 		// Free text only: in multiple-choice questions these mostly
-		// describe the options.
-		d[fEntities] = log1p(c.ents)
+		// describe the options. Named entities count in problems with
+		// quantities (people and things whose amounts must be tracked).
+		if c.numbers > 0 {
+			d[fEntities] = log1p(c.ents)
+		}
 		d[fCommas] = log1p(c.commas)
 		d[fMaxDigits] = log1p(c.maxDigits)
 	}
@@ -841,6 +844,16 @@ var featureSign = map[int]int8{
 	fKwBase + catRate: 1, fKwBase + catProof: 1, fKwBase + catAdvanced: 1,
 	fKwBase + catDesign: 1, fKwBase + catNumWord: 1,
 	fKwBase + catSimple: -1, fKwBase + catChat: -1,
+}
+
+// priorCues are the difficulty cues whose weight keeps a floor (see
+// TrainOptions.Floor): the routing data under-represents them (its math
+// questions were, oddly, easier for the small model than the rest), yet on
+// open traffic a proof, an integral or a reasoning request is a reason to
+// escalate.
+var priorCues = []int{
+	fMathOps, fLatex, fKwBase + catMath, fKwBase + catProof, fKwBase + catReasoning,
+	fKwBase + catCode, fKwBase + catDesign, fKwBase + catAdvanced, fKwBase + catConstraint,
 }
 
 // FeatureSigns returns the sign constraint of each dense feature: +1 (weight

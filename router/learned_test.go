@@ -481,7 +481,7 @@ func TestSignConstraints(t *testing.T) {
 		p := fmt.Sprintf("item %d costs some coins and we count them", i)
 		ex[i] = Example{Source: "s", Prompt: p, Weak: 0, Strong: 1}
 		if i%2 == 0 { // easy prompts carry a decimal and a greeting
-			ex[i].Prompt = fmt.Sprintf("hello item %d.5 costs some coins and we count them", i)
+			ex[i].Prompt = fmt.Sprintf("hello item %d.5 costs some coins and we calculate them", i)
 			ex[i].Weak = 1
 		}
 	}
@@ -492,8 +492,8 @@ func TestSignConstraints(t *testing.T) {
 	}
 	opt.Unconstrained = true
 	u, _ := Train(ex, opt)
-	if w := u.file.Weights[fDecimals]; w >= 0 {
-		t.Fatalf("unconstrained decimals weight %v, want < 0 on this data", w)
+	if w, m := u.file.Weights[fDecimals], u.file.Weights[fKwBase+catMath]; w >= 0 || m >= 0 {
+		t.Fatalf("unconstrained decimals and math-cue weights %v, %v; want < 0 on this data", w, m)
 	}
 	signs := FeatureSigns()
 	for j, w := range c.file.Weights {
@@ -503,6 +503,22 @@ func TestSignConstraints(t *testing.T) {
 	}
 	if signs[fDecimals] != 1 || signs[fKwBase+catChat] != -1 || signs[fAvgWordLen] != 0 {
 		t.Error("unexpected sign table")
+	}
+	// Prior cues keep their floor even where the data pulls them down.
+	if w := c.file.Weights[fKwBase+catMath]; math.Abs(float64(w)-DefaultFloor) > 1e-4 {
+		t.Errorf("math-cue weight %v, want the floor %v", w, DefaultFloor)
+	}
+	for _, j := range priorCues {
+		if w := c.file.Weights[j]; c.file.Scale[j] != 1 && w < float32(DefaultFloor)*0.999 {
+			t.Errorf("%s: weight %v below the floor %v", DenseNames()[j], w, DefaultFloor)
+		}
+	}
+	opt.Unconstrained, opt.Floor = false, -1
+	n, _ := Train(ex, opt)
+	for j, w := range n.file.Weights {
+		if signs[j] > 0 && w < 0 {
+			t.Errorf("%s: weight %v < 0 without a floor", DenseNames()[j], w)
+		}
 	}
 }
 

@@ -172,6 +172,11 @@ type TrainOptions struct {
 	Calibrate string
 	// Unconstrained trains without the sign constraints of FeatureSigns.
 	Unconstrained bool
+	// Floor is the least weight, in standardised units, of the prior
+	// difficulty cues (math, proof, reasoning, code, design, specialist
+	// vocabulary, constraints) when sign constraints apply. 0 means
+	// DefaultFloor; negative means 0.
+	Floor float64
 	// Signs overrides FeatureSigns (one entry per dense feature) when set.
 	Signs []int8
 	// Progress, when set, is called every few iterations.
@@ -191,6 +196,9 @@ const (
 
 	DefaultTopicSmoothing = 20
 )
+
+// DefaultFloor is TrainOptions.Floor's default.
+var DefaultFloor = 0.015
 
 type trainRow struct {
 	d     Dense
@@ -380,6 +388,7 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 	// Stage 2: logistic regression on the dense features and the topic,
 	// with the weights projected onto their sign constraints.
 	var signs []int8
+	var floors []float64
 	if !opt.Unconstrained {
 		signs = make([]int8, nD)
 		fs := opt.Signs
@@ -388,8 +397,20 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 		}
 		copy(signs, fs)
 		signs[NumDense] = 1 // the topic estimate points the right way by construction
+		floor := opt.Floor
+		if floor == 0 {
+			floor = DefaultFloor
+		}
+		if floor > 0 {
+			floors = make([]float64, nD)
+			for _, j := range priorCues {
+				if active[j] && signs[j] > 0 {
+					floors[j] = floor
+				}
+			}
+		}
 	}
-	bias, wd, _ := fitLR(rows, z, nD, ys, sws, l2d, 0, 0, iters, signs, opt.Progress)
+	bias, wd, _ := fitLR(rows, z, nD, ys, sws, l2d, 0, 0, iters, signs, floors, opt.Progress)
 	for j := 0; j < NumDense; j++ {
 		if !active[j] {
 			wd[j] = 0
@@ -428,7 +449,7 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 			lz[i] = []float64{s}
 			yw[i] = float64(1 - ex[i].Weak)
 		}
-		b, a, _ := fitLR(rows, lz, 1, yw, sws, 0, 0, 0, iters, nil, nil)
+		b, a, _ := fitLR(rows, lz, 1, yw, sws, 0, 0, 0, iters, nil, nil, nil)
 		if a[0] > 0 {
 			calA, calB = a[0], b
 		}
@@ -467,9 +488,9 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 		"seed": opt.Seed, "label": opt.Label, "gram_bits": f.GramBits,
 		"l2_dense": l2d, "iters": iters, "examples": len(ex),
 		"balance_sources": opt.BalanceSources, "final_loss": round32(loss),
-		"sign_constraints": !opt.Unconstrained,
-		"topic_weight":     round32(wd[NumDense]),
-		"calibration":      calibrate, "calibration_scale": round32(calA), "calibration_shift": round32(calB),
+		"sign_constraints": !opt.Unconstrained, "floor": floorMeta(opt),
+		"topic_weight": round32(wd[NumDense]),
+		"calibration":  calibrate, "calibration_scale": round32(calA), "calibration_shift": round32(calB),
 	}
 	if opt.TopicLR {
 		meta["topic"], meta["l2_grams"] = "logistic", l2g
@@ -576,8 +597,9 @@ func gramDot(g []GramHit, w []float64) float64 {
 // full-batch Adam from zero (bias from the label's log-odds). z holds nD
 // dense columns per row (may be nil); nG > 0 adds the rows' n-grams.
 // signs, when non-nil, holds a sign constraint per dense column (+1: ≥ 0,
-// −1: ≤ 0, 0: free) enforced by projection after every step.
-func fitLR(rows []trainRow, z [][]float64, nD int, y, sw []float64, l2d, l2g float64, nG, iters int, signs []int8, progress func(int, float64)) (bias float64, wd, wg []float64) {
+// −1: ≤ 0, 0: free) enforced by projection after every step; floors, when
+// non-nil, raise the bound of +1 columns from 0 to floors[j].
+func fitLR(rows []trainRow, z [][]float64, nD int, y, sw []float64, l2d, l2g float64, nG, iters int, signs []int8, floors []float64, progress func(int, float64)) (bias float64, wd, wg []float64) {
 	const (
 		lr    = 0.05
 		beta1 = 0.9
@@ -647,8 +669,12 @@ func fitLR(rows []trainRow, z [][]float64, nD int, y, sw []float64, l2d, l2g flo
 			w[k] -= lr * (m1[k] / c1) / (math.Sqrt(m2[k]/c2) + eps)
 		}
 		for j, sg := range signs {
-			if (sg > 0 && w[1+j] < 0) || (sg < 0 && w[1+j] > 0) {
-				w[1+j] = 0
+			lo := 0.0
+			if floors != nil {
+				lo = floors[j]
+			}
+			if (sg > 0 && w[1+j] < lo) || (sg < 0 && w[1+j] > 0) {
+				w[1+j] = lo
 			}
 		}
 		if progress != nil && (it%50 == 0 || it == iters) {
@@ -694,8 +720,18 @@ func fitTopic(rows []trainRow, prior, sw []float64, nG int, k float64) []float64
 
 func topicFit(rows []trainRow, prior, sw []float64, nG int, opt TrainOptions, l2g float64, iters int) []float64 {
 	if opt.TopicLR {
-		_, _, wg := fitLR(rows, nil, 0, prior, sw, 0, l2g, nG, iters, nil, nil)
+		_, _, wg := fitLR(rows, nil, 0, prior, sw, 0, l2g, nG, iters, nil, nil, nil)
 		return wg
 	}
 	return fitTopic(rows, prior, sw, nG, opt.TopicSmoothing)
+}
+
+func floorMeta(opt TrainOptions) float64 {
+	switch {
+	case opt.Unconstrained || opt.Floor < 0:
+		return 0
+	case opt.Floor == 0:
+		return DefaultFloor
+	}
+	return opt.Floor
 }

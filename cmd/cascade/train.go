@@ -30,6 +30,7 @@ func runTrain(args []string) error {
 	seed := fs.Int64("seed", 1, "seed of the train/validation split (by prompt)")
 	label := fs.String("label", router.LabelGain, "training target: gain, weak_wrong, escalate or hard (gain, with prompts both models fail counted as partly worth escalating)")
 	free := fs.Bool("unconstrained", false, "train without the sign constraints on difficulty and chit-chat features")
+	floor := fs.Float64("floor", router.DefaultFloor, "least weight (standardised units) of the prior difficulty cues: math, proof, reasoning, code, design, specialist terms, constraints; -1: none")
 	bits := fs.Int("gram-bits", router.DefaultGramBits, "log2 of n-gram buckets; -1 trains without n-grams")
 	l2 := fs.Float64("l2", router.DefaultL2Dense, "L2 penalty on the dense feature weights")
 	smooth := fs.Float64("topic-smoothing", router.DefaultTopicSmoothing, "pseudo-count of the n-gram subject estimates")
@@ -50,7 +51,7 @@ func runTrain(args []string) error {
 	}
 	opt := router.TrainOptions{
 		Seed: *seed, Label: *label, GramBits: *bits, L2Dense: *l2, TopicSmoothing: *smooth,
-		Iters: *iters, BalanceSources: *balance, Calibrate: *calibrate, Unconstrained: *free,
+		Iters: *iters, BalanceSources: *balance, Calibrate: *calibrate, Unconstrained: *free, Floor: *floor,
 	}
 	if *ablation > 0 {
 		return runAblation(ex, opt, *ablation)
