@@ -492,9 +492,11 @@ func Train(ex []Example, opt TrainOptions) (*Learned, error) {
 		"topic_weight": round32(wd[NumDense]),
 		"calibration":  calibrate, "calibration_scale": round32(calA), "calibration_shift": round32(calB),
 	}
-	if opt.TopicLR {
+	switch {
+	case !useTopic:
+	case opt.TopicLR:
 		meta["topic"], meta["l2_grams"] = "logistic", l2g
-	} else {
+	default:
 		smooth := opt.TopicSmoothing
 		if smooth <= 0 {
 			smooth = DefaultTopicSmoothing
