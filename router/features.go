@@ -59,7 +59,7 @@ const (
 	fWordProblem
 	fChoiceDigits
 	fEntities
-	fCommas
+	fClauses
 	fMaxDigits
 	fParts
 	fKwBase // first keyword-category feature; one per category below
@@ -116,7 +116,7 @@ func DenseNames() []string {
 		"has_tools", "has_response_format", "max_tokens", "max_tokens_set",
 		"distinct_numbers", "number_sentences", "step_load", "stem_len", "option_len",
 		"caps_emphasis", "roman_lines", "word_problem", "choice_digit_share",
-		"entities", "commas", "max_digits", "numbered_parts",
+		"entities", "clauses", "max_digits", "numbered_parts",
 	}
 	return append(n, catNames[:]...)
 }
@@ -129,7 +129,7 @@ func FeatureGroups() map[string][]int {
 		"structure":    {fListItems, fCodeFences, fTableLines, fIndentLines, fBlankLines, fChoiceLines, fQuotes, fParens},
 		"code":         {fCodeChars, fKwBase + catCode, fKwBase + catDesign},
 		"math":         {fDigitShare, fNumbers, fDecimals, fFractions, fMathOps, fLatex, fMoneyPct, fKwBase + catMath, fKwBase + catQuantity},
-		"multistep":    {fEntities, fCommas, fMaxDigits, fDistinctNumbers, fNumberSentences, fStepLoad, fWordProblem, fKwBase + catRate, fKwBase + catNumWord},
+		"multistep":    {fEntities, fClauses, fMaxDigits, fDistinctNumbers, fNumberSentences, fStepLoad, fWordProblem, fKwBase + catRate, fKwBase + catNumWord},
 		"reasoning":    {fKwBase + catReasoning, fKwBase + catMultiStep, fKwBase + catProof},
 		"constraints":  {fKwBase + catConstraint, fKwBase + catNegation, fKwBase + catSubtle, fCapsEmphasis},
 		"choices":      {fStemLen, fOptionLen, fRomanLines, fChoiceDigits, fParts, fKwBase + catPartLabel},
@@ -807,12 +807,13 @@ func fill(in *Input, c *counts, d *Dense) {
 	d[fParts] = log1p(c.parts)
 	if c.choiceLines == 0 {
 		// Free text only: in multiple-choice questions these mostly
-		// describe the options. Named entities count in problems with
+		// describe the options. Clauses: commas plus sentence ends.
+		// Named entities count in problems with
 		// quantities (people and things whose amounts must be tracked).
 		if c.numbers > 0 {
 			d[fEntities] = log1p(c.ents)
 		}
-		d[fCommas] = log1p(c.commas)
+		d[fClauses] = log1p(c.commas + c.sentences)
 		d[fMaxDigits] = log1p(c.maxDigits)
 	}
 	if c.choiceLines == 0 {
@@ -835,7 +836,7 @@ var featureSign = map[int]int8{
 	fLenBytes: 1, fLenWords: 1, fLongWordShare: 1, fListItems: 1, fCodeFences: 1,
 	fTableLines: 1, fIndentLines: 1, fCodeChars: 1, fNumbers: 1, fDecimals: 1,
 	fFractions: 1, fMathOps: 1, fLatex: 1, fDistinctNumbers: 1, fDigitShare: 1,
-	fMoneyPct: 1, fKwBase + catQuantity: 1, fEntities: 1, fCommas: 1, fMaxDigits: 1,
+	fMoneyPct: 1, fKwBase + catQuantity: 1, fEntities: 1, fClauses: 1, fMaxDigits: 1,
 	fNumberSentences: 1, fStepLoad: 1, fWordProblem: 1, fCapsEmphasis: 1,
 	fRomanLines: 1, fParts: 1, fHasTools: 1, fHasResponseFormat: 1,
 	fKwBase + catReasoning: 1, fKwBase + catMultiStep: 1, fKwBase + catConstraint: 1,

@@ -548,15 +548,15 @@ func TestFeaturesQuantitiesAndChoices(t *testing.T) {
 func TestFeaturesEntitiesPartsAndDigits(t *testing.T) {
 	d := dense(user("Maria gives Tom 12,500 coins, Tom gives Ann 7. Then Maria, Tom and Ann count."))
 	// Maria, Tom, Ann inside sentences ("Then" and the first "Maria" open one);
-	// the comma inside 12,500 is part of the number.
-	if d[fEntities] != log1p(3) || d[fCommas] != log1p(2) || d[fMaxDigits] != log1p(5) {
-		t.Errorf("entities %v, commas %v, max digits %v", d[fEntities], d[fCommas], d[fMaxDigits])
+	// the comma inside 12,500 is part of the number: 2 commas, 2 sentences.
+	if d[fEntities] != log1p(3) || d[fClauses] != log1p(4) || d[fMaxDigits] != log1p(5) {
+		t.Errorf("entities %v, clauses %v, max digits %v", d[fEntities], d[fClauses], d[fMaxDigits])
 	}
 	mc := dense(user("Statement 1 | Every group is abelian. Statement 2 | Maria agrees.\nA. True, True\nB. False, False"))
 	if mc[fParts] != log1p(2) {
 		t.Errorf("numbered parts %v, want log1p(2)", mc[fParts])
 	}
-	if mc[fEntities] != 0 || mc[fCommas] != 0 || mc[fMaxDigits] != 0 {
-		t.Errorf("free-text features in a multiple-choice prompt: %v %v %v", mc[fEntities], mc[fCommas], mc[fMaxDigits])
+	if mc[fEntities] != 0 || mc[fClauses] != 0 || mc[fMaxDigits] != 0 {
+		t.Errorf("free-text features in a multiple-choice prompt: %v %v %v", mc[fEntities], mc[fClauses], mc[fMaxDigits])
 	}
 }
