@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/cascade-gateway/cascade/backends/sim"
 	"github.com/cascade-gateway/cascade/config"
@@ -41,39 +39,6 @@ func (t *tee) records() []costing.Record {
 	return append([]costing.Record(nil), t.recs...)
 }
 
-// accountingRedis is the local Redis with a prefix unique to the test, and
-// a recorder client set up as cmd/cascade sets it up.
-func accountingRedis(t *testing.T) (rdb, recClient *redis.Client, prefix string) {
-	t.Helper()
-	rdb = redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	if err := rdb.Ping(context.Background()).Err(); err != nil {
-		t.Fatalf("Redis at 127.0.0.1:6379 is required: %v", err)
-	}
-	recClient = redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", MaxRetries: -1, ContextTimeoutEnabled: true})
-	prefix = fmt.Sprintf("test:%s:%x:", t.Name(), rand.Uint64())
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if keys, _ := rdb.Keys(ctx, prefix+"*").Result(); len(keys) > 0 {
-			rdb.Del(ctx, keys...)
-		}
-		recClient.Close()
-		rdb.Close()
-	})
-	return rdb, recClient, prefix
-}
-
-// waitAccounted polls cond until it holds, failing the test after 10s.
-func waitAccounted(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestAccountingEndToEnd sends requests of every kind through the gateway
 // into the real Redis recorder and checks that the stream, the rollups and
 // the stats read-back agree with the records, one for one.
@@ -88,7 +53,7 @@ func TestAccountingEndToEnd(t *testing.T) {
 	cfg.Tiers[1].Cost = config.Cost{GPU: &config.GPUProfile{GPUs: 4, USDPerGPUHour: 2.5, WattsPerGPU: 500,
 		PrefillTokensPerSec: 25000, DecodeTokensPerSec: 2500}}
 
-	rdb, recClient, prefix := accountingRedis(t)
+	rdb, recClient, prefix := testRecorderRedis(t)
 	cfg.Redis.Prefix = prefix
 	redisRec := costing.NewRedisRecorder(recClient, prefix, config.Recorder{BatchSize: 8, FlushInterval: 20 * time.Millisecond})
 	recorded := &tee{next: redisRec}
@@ -134,8 +99,8 @@ func TestAccountingEndToEnd(t *testing.T) {
 	cancel()
 	st.Close()
 	sent++
-	waitAccounted(t, "every request recorded", func() bool { return len(recorded.records()) == sent })
-	waitAccounted(t, "the cancelled generation to stop", func() bool { return large.Stats().Cancelled == 1 })
+	waitFor(t, 10*time.Second, "every request recorded", func() bool { return len(recorded.records()) == sent })
+	waitFor(t, 10*time.Second, "the cancelled generation to stop", func() bool { return large.Stats().Cancelled == 1 })
 
 	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
 	defer ccancel()

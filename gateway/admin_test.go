@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"gopkg.in/yaml.v3"
 
 	"github.com/cascade-gateway/cascade/backends/sim"
@@ -403,18 +402,7 @@ func TestAdminStats(t *testing.T) {
 		}
 	})
 
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	defer rdb.Close()
-	if err := rdb.Ping(context.Background()).Err(); err != nil {
-		t.Fatalf("Redis at 127.0.0.1:6379 is required: %v", err)
-	}
-	prefix := fmt.Sprintf("test:%s:%x:", t.Name(), rand.Uint64())
-	defer func() {
-		keys, _ := rdb.Keys(context.Background(), prefix+"*").Result()
-		if len(keys) > 0 {
-			rdb.Del(context.Background(), keys...)
-		}
-	}()
+	rdb, prefix := testRedis(t)
 	cfg.Redis.Prefix = prefix
 	rec := costing.NewRedisRecorder(rdb, prefix, cfg.Recorder)
 	_, base := startGateway(t, cfg, Options{Redis: rdb, Recorder: rec})

@@ -20,29 +20,6 @@ import (
 	"github.com/cascade-gateway/cascade/router"
 )
 
-// testRedis connects to the local Redis and returns a unique key prefix;
-// every key under it is deleted when the test ends.
-func testRedis(t *testing.T) (*redis.Client, string) {
-	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		rdb.Close()
-		t.Fatalf("redis at 127.0.0.1:6379: %v", err)
-	}
-	prefix := fmt.Sprintf("test:%s:%x:", t.Name(), rand.Uint64())
-	t.Cleanup(func() {
-		ctx := context.Background()
-		keys, _ := rdb.Keys(ctx, prefix+"*").Result()
-		if len(keys) > 0 {
-			rdb.Del(ctx, keys...)
-		}
-		rdb.Close()
-	})
-	return rdb, prefix
-}
-
 // fakeClock is a clock tests move by hand.
 type fakeClock struct{ t time.Time }
 

@@ -26,7 +26,6 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/gofiber/fiber/v2"
 	"github.com/openai/openai-go/v3"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/cascade-gateway/cascade/backends/sim"
 	"github.com/cascade-gateway/cascade/config"
@@ -801,7 +800,7 @@ func TestDashboardEndToEnd(t *testing.T) {
 	cfg.Admin.TokenEnv = env
 	cfg.Admin.Listen = "127.0.0.1:0" // served below on a listener of the test's own
 
-	rdb, recClient, prefix := dashRedis(t)
+	rdb, recClient, prefix := testRecorderRedis(t)
 	cfg.Redis.Prefix = prefix
 	rec := costing.NewRedisRecorder(recClient, prefix, config.Recorder{BatchSize: 8, FlushInterval: 20 * time.Millisecond})
 	t.Cleanup(func() {
@@ -837,7 +836,7 @@ func TestDashboardEndToEnd(t *testing.T) {
 	for i := 0; i < rounds; i++ {
 		// Move the clock only once the gateway has finished (and timed)
 		// every request sent so far.
-		dashWait(t, "the previous round's records", func() bool { return counted.n.Load() == int64(sent) })
+		waitFor(t, 15*time.Second, "the previous round's records", func() bool { return counted.n.Load() == int64(sent) })
 		behind.Store(int64(time.Duration(rounds-1-i) * time.Minute))
 		for _, model := range []string{"auto", "small", "large"} {
 			prompt := fmt.Sprintf("What is %d+%d?", i, i)
@@ -862,12 +861,12 @@ func TestDashboardEndToEnd(t *testing.T) {
 			sent++
 		}
 	}
-	dashWait(t, "the last round's records", func() bool { return counted.n.Load() == int64(sent) })
+	waitFor(t, 15*time.Second, "the last round's records", func() bool { return counted.n.Load() == int64(sent) })
 	behind.Store(0)
 
 	// Wait until every request is in the rollups.
 	var stats map[string]any
-	dashWait(t, "the records to reach the stats", func() bool {
+	waitFor(t, 15*time.Second, "the records to reach the stats", func() bool {
 		stats = adminStats(t, admin, token)
 		n, _ := toFloat(stats["total"].(map[string]any)["requests"])
 		return int(n) == sent
@@ -993,37 +992,4 @@ func adminStats(t *testing.T, admin, token string) map[string]any {
 		t.Fatalf("GET /admin/stats: %d %v %v", resp.StatusCode, out, err)
 	}
 	return out
-}
-
-// dashRedis is the local Redis with a key prefix of the test's own, deleted
-// at the end, and a recorder client set up as cmd/cascade sets it up.
-func dashRedis(t *testing.T) (rdb, recClient *redis.Client, prefix string) {
-	t.Helper()
-	rdb = redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	if err := rdb.Ping(context.Background()).Err(); err != nil {
-		t.Fatalf("Redis at 127.0.0.1:6379 is required: %v", err)
-	}
-	recClient = redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", MaxRetries: -1, ContextTimeoutEnabled: true})
-	prefix = fmt.Sprintf("test:%s:%x:", t.Name(), rand.Uint64())
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if keys, _ := rdb.Keys(ctx, prefix+"*").Result(); len(keys) > 0 {
-			rdb.Del(ctx, keys...)
-		}
-		recClient.Close()
-		rdb.Close()
-	})
-	return rdb, recClient, prefix
-}
-
-// dashWait polls cond every 50ms until it holds, failing after 15s.
-func dashWait(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
