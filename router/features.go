@@ -1,6 +1,9 @@
 package router
 
-import "math"
+import (
+	"math"
+	"math/bits"
+)
 
 // Feature extraction for the learned scorer.
 //
@@ -590,7 +593,7 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 						caps++ // NOT, EXCEPT, LEAST, ONLY, MUST
 					}
 					for ; m != 0; m &= m - 1 {
-						kw[trailingZeros32(m)]++
+						kw[bits.TrailingZeros32(m)]++
 					}
 				}
 			}
@@ -727,15 +730,6 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 	if md := f(maxDigit); md > c.maxDigits {
 		c.maxDigits = md
 	}
-}
-
-func trailingZeros32(x uint32) int {
-	n := 0
-	for x&1 == 0 {
-		x >>= 1
-		n++
-	}
-	return n
 }
 
 func log1p(x float32) float32 { return float32(math.Log1p(float64(x))) }
