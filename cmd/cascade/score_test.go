@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cascade-gateway/cascade/config"
 	"github.com/cascade-gateway/cascade/router"
 )
 
@@ -80,7 +81,7 @@ func TestScoreStreamOrderAndFormat(t *testing.T) {
 			t.Fatalf("line %d: score %v", i, l.Score)
 		}
 		wantTier := "small"
-		if *l.Score >= 0.5 {
+		if *l.Score >= config.Default().Routing.Threshold {
 			wantTier = "large"
 		}
 		if l.Tier != wantTier {
