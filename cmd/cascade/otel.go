@@ -73,6 +73,11 @@ func setupTelemetry(ctx context.Context, cfg *config.Config, opts *gateway.Optio
 			return fail(err)
 		}
 		tpOpts = append(tpOpts, sdktrace.WithBatcher(exp))
+	} else if tc.SampleRatio == nil && os.Getenv("OTEL_TRACES_SAMPLER") == "" {
+		// Nowhere to send spans: sample no new trace, instead of building
+		// every span for nothing. A caller's sampled trace is still followed,
+		// so its flag reaches the backend intact.
+		tpOpts = append(tpOpts, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))
 	}
 	if otlpOn(tc.OTLPEndpoint, "METRICS") {
 		exp, err := metricExporter(ctx, proto, tc.OTLPEndpoint)
