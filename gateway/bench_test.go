@@ -135,8 +135,13 @@ func BenchmarkHandlerParallel(b *testing.B) {
 // to the simulator over loopback.
 func BenchmarkHandlerInProcess(b *testing.B) {
 	g, _, _ := benchSetup(b, 32)
+	benchInProcess(b, g, benchChatBody(1<<10, false))
+}
+
+// benchInProcess calls g's fiber handler in-process with a chat request body
+// once per iteration: no client socket, the upstream over loopback.
+func benchInProcess(b *testing.B, g *Gateway, body []byte) {
 	h := g.App().Handler()
-	body := benchChatBody(1<<10, false)
 	var ctx fasthttp.RequestCtx
 	var req fasthttp.Request
 	b.ReportAllocs()

@@ -2,10 +2,8 @@ package gateway
 
 import (
 	"context"
-	"net/http"
 	"testing"
 
-	"github.com/valyala/fasthttp"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
@@ -52,22 +50,7 @@ func BenchmarkHandlerTelemetry(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			g, _ := startGateway(b, testConfig(b, []string{simURL}, []string{simURL}), tc.opts)
-			h := g.App().Handler()
-			var ctx fasthttp.RequestCtx
-			var req fasthttp.Request
-			b.ReportAllocs()
-			for b.Loop() {
-				req.Reset()
-				req.Header.SetMethod(http.MethodPost)
-				req.SetRequestURI("/v1/chat/completions")
-				req.Header.SetContentType("application/json")
-				req.SetBody(body)
-				ctx.Init(&req, nil, nil)
-				h(&ctx)
-				if ctx.Response.StatusCode() != http.StatusOK {
-					b.Fatalf("status %d: %s", ctx.Response.StatusCode(), ctx.Response.Body())
-				}
-			}
+			benchInProcess(b, g, body)
 		})
 	}
 }
