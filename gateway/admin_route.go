@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -61,20 +60,11 @@ func (g *Gateway) adminStats(c *fiber.Ctx) error {
 // requests for "auto" are compared with now, and the target escalation rate
 // (nil with a fixed threshold).
 func routingSummary(s *snapshot) *costing.RoutingSummary {
-	rs := &costing.RoutingSummary{Threshold: s.cfg.Routing.Threshold}
-	if p, ok := any(s.policy).(interface{ Threshold() float64 }); ok {
-		rs.Threshold = p.Threshold()
-	}
+	rs := &costing.RoutingSummary{Threshold: s.policy.Threshold()}
 	if r := s.cfg.Routing.TargetEscalationRate; r > 0 {
 		rs.TargetEscalationRate = &r
 	}
 	return rs
-}
-
-// explainer is a scorer that can say which features moved a score
-// (router.Learned).
-type explainer interface {
-	Explain(in *router.Input, k int) []router.Reason
 }
 
 // routeAnswer is the body of POST /admin/route.
@@ -105,8 +95,7 @@ func (g *Gateway) adminRoute(c *fiber.Ctx) error {
 	}
 	rt, ok := s.models[req.Model]
 	if !ok {
-		return writeError(c, &apiError{Status: 404, Type: "invalid_request_error", Code: "model_not_found", Param: "model",
-			Message: "The model '" + req.Model + "' does not exist. Use \"auto\", an alias, a tier or a model listed by GET /v1/models."})
+		return writeError(c, unknownModel(req.Model))
 	}
 	model, header := req.Model, c.Get(headerTier)
 	if !rt.auto {
@@ -114,29 +103,15 @@ func (g *Gateway) adminRoute(c *fiber.Ctx) error {
 	}
 	dec, err := s.policy.DryRun(model, header, &req.Input)
 	if err != nil {
-		return writeError(c, badRequest(headerTier, "header %s: %v; use one of %s", headerTier, err, strings.Join(s.tiers, ", ")))
+		return writeError(c, s.badTierHeader(err))
 	}
 	ans := routeAnswer{Model: req.Model, Tier: dec.Tier, Score: dec.Score, Threshold: dec.Threshold,
 		Escalated: dec.Escalated, Reason: dec.Reason, Reasons: []router.Reason{}}
 	if !rt.auto {
 		ans.Tier, ans.Escalated, ans.Reason = rt.tier, false, "pinned"
 	}
-	if ex := scorerExplainer(s); ex != nil {
+	if ex, ok := s.policy.Scorer().(*router.Learned); ok { // the length scorer has no reasons
 		ans.Reasons = append(ans.Reasons, ex.Explain(&req.Input, min(c.QueryInt("k", 8), 64))...)
 	}
 	return c.JSON(ans)
-}
-
-// scorerExplainer returns the running policy's scorer when it can explain
-// its scores, else nil.
-func scorerExplainer(s *snapshot) explainer {
-	if ex, ok := any(s.policy).(explainer); ok {
-		return ex
-	}
-	if sp, ok := any(s.policy).(interface{ Scorer() router.Scorer }); ok {
-		if ex, ok := sp.Scorer().(explainer); ok {
-			return ex
-		}
-	}
-	return nil
 }

@@ -68,13 +68,12 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	}
 	rt, ok := s.models[req.Model]
 	if !ok {
-		return writeError(c, &apiError{Status: 404, Type: "invalid_request_error", Code: "model_not_found", Param: "model",
-			Message: "The model '" + req.Model + "' does not exist. Use \"auto\", an alias, a tier or a model listed by GET /v1/models."})
+		return writeError(c, unknownModel(req.Model))
 	}
 	var dec router.Decision
 	if rt.auto {
 		if dec, err = s.policy.Route(req.Model, c.Get(headerTier), &req.Input); err != nil {
-			return writeError(c, badRequest(headerTier, "header %s: %v; use one of %s", headerTier, err, strings.Join(s.tiers, ", ")))
+			return writeError(c, s.badTierHeader(err))
 		}
 	} else {
 		dec.Tier = rt.tier
@@ -205,6 +204,18 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 			promptChars: promptChars, keepUsage: clientWantsUsage})
 	})
 	return nil
+}
+
+// unknownModel is the 404 for a model name that is no alias, tier or
+// upstream model.
+func unknownModel(name string) *apiError {
+	return &apiError{Status: 404, Type: "invalid_request_error", Code: "model_not_found", Param: "model",
+		Message: "The model '" + name + "' does not exist. Use \"auto\", an alias, a tier or a model listed by GET /v1/models."}
+}
+
+// badTierHeader is the 400 for an X-Cascade-Tier header that names no tier.
+func (s *snapshot) badTierHeader(err error) *apiError {
+	return badRequest(headerTier, "header %s: %v; use one of %s", headerTier, err, strings.Join(s.tiers, ", "))
 }
 
 func reasonOrEmpty(r string) string {

@@ -128,7 +128,7 @@ func newTelemetry(g *Gateway) (*telemetry, error) {
 				o.ObserveInt64(queue, e.Queue(), set)
 			}
 		}
-		o.ObserveFloat64(threshold, routingThreshold(s))
+		o.ObserveFloat64(threshold, s.policy.Threshold())
 		o.ObserveFloat64(target, s.cfg.Routing.TargetEscalationRate)
 		if recGauges != nil {
 			recGauges.observe(o)
@@ -139,14 +139,6 @@ func newTelemetry(g *Gateway) (*telemetry, error) {
 		return nil, err
 	}
 	return t, nil
-}
-
-// routingThreshold is the threshold auto requests are judged against now.
-func routingThreshold(s *snapshot) float64 {
-	if p, ok := any(s.policy).(interface{ Threshold() float64 }); ok {
-		return p.Threshold()
-	}
-	return s.cfg.Routing.Threshold
 }
 
 // telSets are attribute sets precomputed per configuration, so recording a
