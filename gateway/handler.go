@@ -128,8 +128,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 		if gone {
 			rec.Status = costing.StatusClientCancelled
 		}
-		g.finish(s, &rec)
-		annotate(span, &rec, false)
+		g.finish(s, span, &rec, false)
 		return writeError(c, err)
 	}
 	rec.Model, rec.Endpoint = resp.Endpoint.Model, resp.Endpoint.URL
@@ -167,8 +166,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 			}
 			// The prompt was processed; what was generated is unknown.
 			setTokens(&rec, backends.Usage{}, promptChars, 0)
-			g.finish(s, &rec)
-			annotate(span, &rec, false)
+			g.finish(s, span, &rec, false)
 			return writeError(c, &apiError{Status: 502, Type: "upstream_error", Code: "upstream_broken",
 				Message: "the model backend's answer broke off: " + rerr.Error()})
 		}
@@ -177,8 +175,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 			outChars = len(jsonString(data, "choices.0.message.content")) + len(jsonString(data, "choices.0.text"))
 		}
 		setTokens(&rec, u, promptChars, outChars)
-		g.finish(s, &rec)
-		annotate(span, &rec, false)
+		g.finish(s, span, &rec, false)
 		captureOutput(s, span, data, u.FinishReason)
 		c.Status(resp.StatusCode)
 		c.Set(fiber.HeaderContentType, resp.Header.Get(fiber.HeaderContentType))
@@ -190,8 +187,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 		cancel()
 		rec.Latency, rec.Status = g.now().Sub(start), costing.StatusClientCancelled
 		setTokens(&rec, backends.Usage{}, promptChars, 0)
-		g.finish(s, &rec)
-		annotate(span, &rec, false)
+		g.finish(s, span, &rec, false)
 		return nil
 	}
 	c.Status(http.StatusOK)
@@ -389,8 +385,7 @@ func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, resp *ba
 	resp.Finish(outcome)
 	rec.Latency = g.now().Sub(st.start)
 	setTokens(&rec, sc.Usage, st.promptChars, sc.Chunks*4)
-	g.finish(st.snap, &rec)
-	annotate(st.span, &rec, true)
+	g.finish(st.snap, st.span, &rec, true)
 }
 
 var errStreamBroken = errors.New("upstream stream broke off")

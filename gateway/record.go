@@ -6,16 +6,19 @@ import (
 	"strings"
 
 	"github.com/cascade-gateway/cascade/costing"
+	"go.opentelemetry.io/otel/trace"
 )
 
-// finish completes the record of a request that reached a backend and hands
-// it to the recorder. It runs once per such request, whatever its outcome,
-// and never blocks: pricing is arithmetic on the snapshot's pricer and the
-// recorder only queues.
-func (g *Gateway) finish(s *snapshot, rec *costing.Record) {
+// finish completes the record of a request that reached a backend, hands it
+// to the recorder and puts its facts on the request's server span (ending
+// the span when the request is a stream, which the middleware left open).
+// It runs once per such request, whatever its outcome, and never blocks:
+// pricing is arithmetic on the snapshot's pricer and the recorder only queues.
+func (g *Gateway) finish(s *snapshot, span trace.Span, rec *costing.Record, stream bool) {
 	s.pricer.Price(rec)
 	g.opts.Recorder.Record(*rec)
 	g.tel.record(s, rec)
+	annotate(span, rec, stream)
 }
 
 // keyID names the caller's API key in records without revealing it: the
