@@ -83,9 +83,6 @@ func (e *Endpoint) Available() bool { return e.cb.State() != gobreaker.StateOpen
 
 func (e *Endpoint) key() string { return e.Tier + "|" + e.URL + "|" + e.Model }
 
-// errClientGone marks outcomes that are not the endpoint's fault.
-var errClientGone = context.Canceled
-
 func newEndpoint(tier string, ec config.Endpoint, bc config.Breaker) *Endpoint {
 	e := &Endpoint{
 		Tier:   tier,

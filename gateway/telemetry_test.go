@@ -130,16 +130,6 @@ func findSpan(t testing.TB, spans tracetest.SpanStubs, name string) tracetest.Sp
 	return tracetest.SpanStub{}
 }
 
-func spansNamed(spans tracetest.SpanStubs, name string) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range spans {
-		if s.Name == name {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
 func attrOf(s tracetest.SpanStub, key string) (attribute.Value, bool) {
 	for _, kv := range s.Attributes {
 		if string(kv.Key) == key {
@@ -183,7 +173,7 @@ func equalAttr(got, want any) bool {
 func noAttr(t testing.TB, s tracetest.SpanStub, key string) {
 	t.Helper()
 	if v, ok := attrOf(s, key); ok {
-		t.Fatalf("span %q should not have %s, has %v", s.Name, key, v.Emit())
+		t.Fatalf("span %q should not have %s, has %v", s.Name, key, v.String())
 	}
 }
 
@@ -699,7 +689,7 @@ func findMetric(rm metricdata.ResourceMetrics, name string) (metricdata.Metrics,
 func setKey(s attribute.Set) string {
 	var parts []string
 	for _, kv := range s.ToSlice() {
-		parts = append(parts, string(kv.Key)+"="+kv.Value.Emit())
+		parts = append(parts, string(kv.Key)+"="+kv.Value.String())
 	}
 	return strings.Join(parts, ",")
 }

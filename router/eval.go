@@ -229,10 +229,7 @@ type AblationRow struct {
 // "all", is the full model.
 func Ablation(ex []Example, seeds []int64, opt TrainOptions, progress func(done, total int)) ([]AblationRow, error) {
 	groups := FeatureGroups()
-	names := []string{"all", "ngrams"}
-	for _, g := range sortedKeys(groups) {
-		names = append(names, g)
-	}
+	names := append([]string{"all", "ngrams"}, sortedKeys(groups)...)
 	rows := make([]AblationRow, len(names), len(names)+1)
 	total, done := len(names)*len(seeds), 0
 	for i, name := range names {
