@@ -92,7 +92,7 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 	}
 	clientWantsUsage := req.IncludeUsage
 	up := &backends.Request{Path: path, Header: http.Header{headerRequestID: {c.Locals(headerRequestID).(string)}},
-		Body: upstreamBody(body, req.Stream)}
+		Body: upstreamBody(body, req.Stream && !req.IncludeUsage)}
 
 	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.Timeouts.Total)
 	watch := watchClient(c, cancel) // a client hanging up cancels ctx (disconnect.go)
@@ -233,9 +233,10 @@ func readBody(resp *backends.Response) ([]byte, error) {
 }
 
 // upstreamBody returns a builder of the bytes sent to an endpoint: the
-// client's body with only the model name replaced and, for streams, usage
-// requested in the final chunk. Bodies are built once per model name.
-func upstreamBody(body []byte, stream bool) func(*backends.Endpoint) []byte {
+// client's body with only the model name replaced and, with askUsage (a
+// stream whose client did not ask for it), usage requested in the final
+// chunk. Bodies are built once per model name.
+func upstreamBody(body []byte, askUsage bool) func(*backends.Endpoint) []byte {
 	var lastModel string
 	var last []byte
 	return func(e *backends.Endpoint) []byte {
@@ -243,7 +244,7 @@ func upstreamBody(body []byte, stream bool) func(*backends.Endpoint) []byte {
 			return last
 		}
 		b, err := sjson.SetBytes(body, "model", e.Model)
-		if err == nil && stream {
+		if err == nil && askUsage {
 			b, err = sjson.SetBytes(b, "stream_options.include_usage", true)
 		}
 		if err != nil { // cannot happen on a body that parsed
