@@ -4,41 +4,108 @@ package costing
 
 import "time"
 
-// Status is how a request ended.
-type Status uint8
+// Outcome is how a request ended. Every request ends in exactly one.
+type Outcome uint8
 
 const (
-	StatusOK Status = iota
-	StatusClientCancelled
-	StatusUpstreamError
-	StatusTimeout
+	// OutcomeServed: answered in full by the tier the router chose.
+	OutcomeServed Outcome = iota
+	// OutcomeFallbackUp: answered in full by a more capable tier than the
+	// router chose, because the chosen tier had no endpoint available.
+	OutcomeFallbackUp
+	// OutcomeDegradedDown: answered in full by a cheaper tier than the
+	// router chose, because the chosen tier had no endpoint available.
+	OutcomeDegradedDown
+	// OutcomeClientCancelled: the client went away before the answer ended.
+	OutcomeClientCancelled
+	// OutcomeTimeout: a backend did not answer, or stalled, within the
+	// configured timeouts.
+	OutcomeTimeout
+	// OutcomeUpstreamError: the backends failed (connection errors, 5xx,
+	// a stream that broke off).
+	OutcomeUpstreamError
+	// OutcomeClientError: a backend refused the request as the client's
+	// fault (4xx other than 429).
+	OutcomeClientError
+	// OutcomeInvalidResponse: a backend answered 2xx with something that
+	// is not a valid answer.
+	OutcomeInvalidResponse
+	// OutcomeRejected: the gateway refused the request before any backend
+	// saw it (invalid request, unknown model, context too long).
+	OutcomeRejected
+	// OutcomeShutdown: the gateway shut down before the answer ended.
+	OutcomeShutdown
+	numOutcomes
 )
 
-var statusNames = [...]string{"ok", "client_cancelled", "upstream_error", "timeout"}
+// NumOutcomes is the number of outcomes, for tables indexed by Outcome.
+const NumOutcomes = int(numOutcomes)
 
-func (s Status) String() string {
-	if int(s) < len(statusNames) {
-		return statusNames[s]
+var outcomeNames = [...]string{"served", "fallback_up", "degraded_down", "client_cancelled", "timeout",
+	"upstream_error", "client_error", "invalid_response", "rejected", "shutdown"}
+
+func (o Outcome) String() string {
+	if int(o) < len(outcomeNames) {
+		return outcomeNames[o]
 	}
 	return "unknown"
 }
 
-// Record is what Cascade keeps of one request that reached a backend. It holds
-// plain values only and is passed by value.
+// OK reports whether the client got a complete answer.
+func (o Outcome) OK() bool { return o <= OutcomeDegradedDown }
+
+// Failed reports whether the outcome is a failure of the gateway or its
+// backends (what error rates and alerts count): not the client's doing.
+func (o Outcome) Failed() bool {
+	switch o {
+	case OutcomeTimeout, OutcomeUpstreamError, OutcomeInvalidResponse, OutcomeShutdown:
+		return true
+	}
+	return false
+}
+
+// Move says whether a request was served on another tier than the router
+// chose, because its tier had no endpoint available. It is kept apart from
+// escalation, which counts only the router's decisions.
+type Move uint8
+
+const (
+	MoveNone Move = iota
+	MoveUp        // fallback to a more capable tier
+	MoveDown      // degraded to a cheaper tier
+)
+
+var moveNames = [...]string{"", "up", "down"}
+
+func (m Move) String() string {
+	if int(m) < len(moveNames) {
+		return moveNames[m]
+	}
+	return "unknown"
+}
+
+// Record is what Cascade keeps of one request. It holds plain values only
+// and is passed by value.
 type Record struct {
 	Time      time.Time
 	RequestID string
 	TraceID   string
 	KeyID     string // who called: a hash or name of the API key, "" if none
 
+	// Tier, Model and Endpoint are what served the request or, when it
+	// failed, the last that was tried ("" when none was).
 	Tier     string
-	Model    string // upstream model that served
+	Model    string // upstream model
 	Endpoint string // upstream base URL
 	Stream   bool
 
+	// Escalated is true when the router sent the request to a more capable
+	// tier than the cheapest (score, alias, header, confidence). A fallback
+	// is not an escalation: see Move.
 	Escalated bool
-	Reason    string // why it was escalated: "score", "fallback", "pinned", ...
+	Reason    string // why it was escalated: "score", "alias", "header", "confidence"
 	Score     float64
+	Move      Move
 
 	InputTokens  int
 	OutputTokens int
@@ -52,7 +119,7 @@ type Record struct {
 
 	TTFT    time.Duration // to the first byte relayed to the client
 	Latency time.Duration // whole request
-	Status  Status
+	Outcome Outcome
 }
 
 // Recorder takes records off the request path. Record never blocks and never

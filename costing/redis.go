@@ -57,19 +57,27 @@ const (
 	fCost
 	fBaseline
 	fEnergy
+	fFallbacks
+	fDegraded
+	fClientErrors
+	fCancelled
+	fRejected
 	fLat0
 	fTTFT0  = fLat0 + nBuckets
 	nFields = fTTFT0 + nBuckets
 )
 
 // RollupFields are the hash fields of a rollup, indexed as above: requests,
-// escalations, errors (upstream errors and timeouts), input_tokens,
+// escalations (the router's decisions only), errors (failed outcomes:
+// upstream_error, timeout, invalid_response, shutdown), input_tokens,
 // output_tokens, cost_uusd, baseline_uusd (micro-USD), energy_mwh (milli-Wh),
-// then lat_b0.., then ttft_b0.. (ttft only for requests that got a first byte).
+// fallbacks_up, degraded_down (served on another tier than the router chose),
+// client_errors, cancelled, rejected, then lat_b0.., then ttft_b0.. (ttft only for requests that got a first byte).
 var RollupFields = func() [nFields]string {
 	var f [nFields]string
 	copy(f[:], []string{"requests", "escalations", "errors", "input_tokens", "output_tokens",
-		"cost_uusd", "baseline_uusd", "energy_mwh"})
+		"cost_uusd", "baseline_uusd", "energy_mwh", "fallbacks_up", "degraded_down", "client_errors",
+		"cancelled", "rejected"})
 	for i := 0; i < nBuckets; i++ {
 		f[fLat0+i] = "lat_b" + strconv.Itoa(i)
 		f[fTTFT0+i] = "ttft_b" + strconv.Itoa(i)
@@ -461,8 +469,21 @@ func (r *RedisRecorder) add(k aggKey, rec *Record) {
 	if rec.Escalated {
 		c[fEscalations]++
 	}
-	if rec.Status == StatusUpstreamError || rec.Status == StatusTimeout {
+	switch {
+	case rec.Outcome.Failed():
 		c[fErrors]++
+	case rec.Outcome == OutcomeClientError:
+		c[fClientErrors]++
+	case rec.Outcome == OutcomeClientCancelled:
+		c[fCancelled]++
+	case rec.Outcome == OutcomeRejected:
+		c[fRejected]++
+	}
+	switch rec.Move {
+	case MoveUp:
+		c[fFallbacks]++
+	case MoveDown:
+		c[fDegraded]++
 	}
 	c[fInputTokens] += int64(rec.InputTokens)
 	c[fOutputTokens] += int64(rec.OutputTokens)
@@ -506,7 +527,10 @@ func (r *RedisRecorder) xadd(stream string, rec *Record) []any {
 		"input_tokens", rec.InputTokens, "output_tokens", rec.OutputTokens, "estimated", b01(rec.Estimated),
 		"cost_uusd", rec.CostMicroUSD, "baseline_uusd", rec.BaselineMicroUSD, "energy_mwh", rec.EnergyMilliWh,
 		"ttft_ms", rec.TTFT.Milliseconds(), "latency_ms", rec.Latency.Milliseconds(),
-		"status", rec.Status.String())
+		"outcome", rec.Outcome.String())
+	if rec.Move != MoveNone {
+		a = append(a, "move", rec.Move.String())
+	}
 	return a
 }
 

@@ -96,7 +96,7 @@ func TestRecorderWritesStreamAndRollups(t *testing.T) {
 			CostMicroUSD: int64(3 * i), BaselineMicroUSD: int64(30 * i), EnergyMilliWh: int64(i),
 			TTFT: 30 * time.Millisecond, Latency: time.Duration(200+i) * time.Millisecond}
 		if i%10 == 3 {
-			rec.Status = StatusUpstreamError
+			rec.Outcome = OutcomeUpstreamError
 		}
 		r.Record(rec)
 		w := &want[ti]
@@ -104,7 +104,7 @@ func TestRecorderWritesStreamAndRollups(t *testing.T) {
 		if rec.Escalated {
 			w.esc++
 		}
-		if rec.Status != StatusOK {
+		if !rec.Outcome.OK() {
 			w.errs++
 		}
 		w.in, w.out = w.in+int64(rec.InputTokens), w.out+int64(rec.OutputTokens)
@@ -129,7 +129,7 @@ func TestRecorderWritesStreamAndRollups(t *testing.T) {
 		}
 	}
 	if e["id"] != "req-0" || e["tier"] != "large" || e["key"] != "k0" || e["escalated"] != "1" ||
-		e["input_tokens"] != "100" || e["latency_ms"] != "200" || e["ttft_ms"] != "30" || e["status"] != "ok" ||
+		e["input_tokens"] != "100" || e["latency_ms"] != "200" || e["ttft_ms"] != "30" || e["outcome"] != "served" ||
 		e["ts"] != strconv.FormatInt(at.UnixMilli(), 10) {
 		t.Fatalf("first entry %v", e)
 	}

@@ -44,10 +44,21 @@ type RoutingSummary struct {
 
 // Group sums the requests of one value of the dimension (or all of them).
 type Group struct {
-	Requests        int64       `json:"requests"`
-	Escalations     int64       `json:"escalations"`
-	EscalationRate  float64     `json:"escalation_rate"`
-	Errors          int64       `json:"errors"`
+	Requests       int64   `json:"requests"`
+	Escalations    int64   `json:"escalations"`
+	EscalationRate float64 `json:"escalation_rate"`
+	Errors         int64   `json:"errors"`
+	ErrorRate      float64 `json:"error_rate"`
+	// FallbacksUp and DegradedDown count requests served on another tier
+	// than the router chose because it had no endpoint available; they are
+	// not escalations.
+	FallbacksUp     int64       `json:"fallbacks_up"`
+	FallbackRate    float64     `json:"fallback_rate"`
+	DegradedDown    int64       `json:"degraded_down"`
+	DegradedRate    float64     `json:"degraded_rate"`
+	ClientErrors    int64       `json:"client_errors"`
+	Cancelled       int64       `json:"cancelled"`
+	Rejected        int64       `json:"rejected"`
 	InputTokens     int64       `json:"input_tokens"`
 	OutputTokens    int64       `json:"output_tokens"`
 	CostUSD         float64     `json:"cost_usd"`
@@ -73,6 +84,8 @@ type Point struct {
 	Requests        int64   `json:"requests"`
 	Escalations     int64   `json:"escalations"`
 	Errors          int64   `json:"errors"`
+	FallbacksUp     int64   `json:"fallbacks_up"`
+	DegradedDown    int64   `json:"degraded_down"`
 	CostUSD         float64 `json:"cost_usd"`
 	BaselineCostUSD float64 `json:"baseline_cost_usd"`
 	EnergyWh        float64 `json:"energy_wh"`
@@ -165,7 +178,8 @@ func Query(ctx context.Context, rdb redis.UniversalClient, prefix string, window
 		k.parse(m)
 		total.addAll(&k)
 		rep.Series = append(rep.Series, Point{T: slots[i].Format(time.RFC3339), Requests: k[fRequests],
-			Escalations: k[fEscalations], Errors: k[fErrors], CostUSD: usd(k[fCost]),
+			Escalations: k[fEscalations], Errors: k[fErrors], FallbacksUp: k[fFallbacks], DegradedDown: k[fDegraded],
+			CostUSD:         usd(k[fCost]),
 			BaselineCostUSD: usd(k[fBaseline]), EnergyWh: wh(k[fEnergy]), OutputTokens: k[fOutputTokens]})
 	}
 	rep.Total = total.group()
@@ -206,12 +220,18 @@ func wh(milli int64) float64  { return float64(milli) / 1e3 }
 func (c *counters) group() Group {
 	g := Group{
 		Requests: c[fRequests], Escalations: c[fEscalations], Errors: c[fErrors],
+		FallbacksUp: c[fFallbacks], DegradedDown: c[fDegraded], ClientErrors: c[fClientErrors],
+		Cancelled: c[fCancelled], Rejected: c[fRejected],
 		InputTokens: c[fInputTokens], OutputTokens: c[fOutputTokens],
 		CostUSD: usd(c[fCost]), BaselineCostUSD: usd(c[fBaseline]), EnergyWh: wh(c[fEnergy]),
 		SavingsUSD: usd(c[fBaseline] - c[fCost]),
 	}
 	if g.Requests > 0 {
-		g.EscalationRate = float64(g.Escalations) / float64(g.Requests)
+		n := float64(g.Requests)
+		g.EscalationRate = float64(g.Escalations) / n
+		g.ErrorRate = float64(g.Errors) / n
+		g.FallbackRate = float64(g.FallbacksUp) / n
+		g.DegradedRate = float64(g.DegradedDown) / n
 	}
 	if c[fBaseline] > 0 {
 		g.SavingsRate = float64(c[fBaseline]-c[fCost]) / float64(c[fBaseline])

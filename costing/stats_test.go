@@ -58,7 +58,7 @@ func TestQueryAgreesWithRecords(t *testing.T) {
 			BaselineMicroUSD: int64(40 + 2*i), EnergyMilliWh: int64(1 + i%4),
 			TTFT: 40 * time.Millisecond, Latency: 300 * time.Millisecond}
 		if i == 10 {
-			rec.Status = StatusTimeout
+			rec.Outcome = OutcomeTimeout
 		}
 		r.Record(rec)
 		for _, s := range []*sums{&total, per[tier]} {
@@ -66,7 +66,7 @@ func TestQueryAgreesWithRecords(t *testing.T) {
 			if rec.Escalated {
 				s.esc++
 			}
-			if rec.Status != StatusOK {
+			if !rec.Outcome.OK() {
 				s.errs++
 			}
 			s.in += int64(rec.InputTokens)

@@ -135,7 +135,7 @@ func TestAccountingEndToEnd(t *testing.T) {
 		perKey[r.KeyID]++
 		days[r.Time.UTC().Format("20060102")] = true
 		hours[r.Time.UTC().Format("2006010215")] = true
-		if r.Status == costing.StatusClientCancelled {
+		if r.Outcome == costing.OutcomeClientCancelled {
 			cancelled = r
 		}
 		if r.Tier == "large" && r.OutputTokens > 0 && r.CostMicroUSD == 0 {

@@ -68,8 +68,8 @@ func TestClientHangUpCancelsWaitingRequest(t *testing.T) {
 				t.Fatalf("request finished (%d) although the backend takes 20s", resp.StatusCode)
 			}
 			waitCancelled(t, small, 1)
-			if r := waitRecord(t, rec); r.Status != costing.StatusClientCancelled {
-				t.Fatalf("recorded status %v, want client_cancelled", r.Status)
+			if r := waitRecord(t, rec); r.Outcome != costing.OutcomeClientCancelled {
+				t.Fatalf("recorded status %v, want client_cancelled", r.Outcome)
 			}
 			if st := small.Stats(); st.Completed != 0 {
 				t.Fatalf("generation completed for nobody: %+v", st)

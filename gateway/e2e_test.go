@@ -202,7 +202,7 @@ func TestBreakerHalfOpenRecovery(t *testing.T) {
 		if _, err := client.Chat.Completions.New(context.Background(), chatParams("small", "hi"), option.WithResponseInto(&hr)); err != nil {
 			t.Fatal(err)
 		}
-		if hr.Header.Get("X-Cascade-Tier") != "large" || hr.Header.Get("X-Cascade-Escalated") != "fallback" {
+		if hr.Header.Get("X-Cascade-Tier") != "large" || hr.Header.Get("X-Cascade-Fallback") != "up" || hr.Header.Get("X-Cascade-Escalated") != "false" {
 			t.Fatalf("want fallback to large, got %v", hr.Header)
 		}
 	}
@@ -233,7 +233,9 @@ func TestWholeTierDownFallsBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hr.Header.Get("X-Cascade-Tier") != "small" || hr.Header.Get("X-Cascade-Degraded") != "true" || hr.Header.Get("X-Cascade-Escalated") != "fallback" {
+	// A fallback is not the router's escalation: the request was pinned to large.
+	if hr.Header.Get("X-Cascade-Tier") != "small" || hr.Header.Get("X-Cascade-Degraded") != "fallback" ||
+		hr.Header.Get("X-Cascade-Fallback") != "down" || hr.Header.Get("X-Cascade-Escalated") != "false" {
 		t.Fatalf("want degraded fallback to small, got %v", hr.Header)
 	}
 }

@@ -54,6 +54,11 @@ type Gateway struct {
 	tel      *telemetry // tracer and instruments (telemetry.go)
 	ops      operator   // reloads, admin listener, scraping (admin.go)
 	calib    *calibSync // shares the routing calibration through Redis (calibration.go)
+	// stopping is cancelled shortly before the shutdown grace ends: what is
+	// still running then ends with an error event and a shutdown record
+	// instead of being cut by the process exit.
+	stopping context.Context
+	stop     context.CancelFunc
 }
 
 // snapshot is everything a request needs, built once per configuration.
@@ -88,6 +93,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		registry: backends.NewRegistry(backends.NewClient(cfg.Timeouts)),
 		opts:     opts,
 	}
+	g.stopping, g.stop = context.WithCancel(context.Background())
 	tel, err := newTelemetry(g)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: %w", err)
@@ -122,9 +128,20 @@ func (g *Gateway) Listen(addr string) error {
 }
 
 // Shutdown stops accepting requests and waits for in-flight ones (streams
-// included) until ctx ends.
+// included) until ctx ends. Requests still running shortly before ctx's
+// deadline (a tenth of the time left, between 50ms and 1s) are ended: a
+// stream with an error event, a plain request with a 503, each recorded as
+// shutdown.
 func (g *Gateway) Shutdown(ctx context.Context) error {
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		margin := min(max(left/10, 50*time.Millisecond), time.Second)
+		t := time.AfterFunc(left-margin, g.stop)
+		defer t.Stop()
+	}
+	go func() { <-ctx.Done(); g.stop() }()
 	err := g.app.ShutdownWithContext(ctx)
+	g.stop()
 	g.calib.close(ctx)
 	if oerr := g.closeOps(ctx); err == nil {
 		err = oerr

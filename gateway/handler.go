@@ -5,21 +5,20 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/cascade-gateway/cascade/backends"
 	"github.com/cascade-gateway/cascade/costing"
-	"github.com/cascade-gateway/cascade/router"
 )
 
 const (
@@ -29,6 +28,7 @@ const (
 	headerScore     = "X-Cascade-Score"
 	headerEscalated = "X-Cascade-Escalated"
 	headerDegraded  = "X-Cascade-Degraded"
+	headerFallback  = "X-Cascade-Fallback"
 )
 
 // maxResponseBytes bounds a non-streaming upstream answer held in memory.
@@ -57,148 +57,175 @@ func newRequestID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// complete serves /v1/chat/completions (chat) and /v1/completions.
+// complete serves /v1/chat/completions (chat) and /v1/completions. It
+// decides, tries tiers until one answers, and relays the answer; the
+// exchange ends in one outcome, recorded here for plain answers and errors,
+// or by the relay for streams.
 func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
-	start := g.now()
-	s := g.snap.Load() // one snapshot for the whole request
+	x := &exchange{g: g, s: g.snap.Load(), start: g.now(), span: trace.SpanFromContext(c.UserContext())}
+	x.rec = costing.Record{Time: x.start, RequestID: c.Locals(headerRequestID).(string),
+		KeyID: keyID(c.Get(fiber.HeaderAuthorization)), TraceID: traceID(x.span)}
+	streaming, err := x.serve(c, chat)
+	if !streaming {
+		x.end(false)
+	}
+	return err
+}
+
+// serve runs the exchange up to the answer. It reports true when a stream
+// was handed to the relay, which then owns the exchange.
+func (x *exchange) serve(c *fiber.Ctx, chat bool) (bool, error) {
+	g, s := x.g, x.s
+	x.outcome = costing.OutcomeRejected
 	body := c.Body()
 	req, err := parseRequest(body, chat)
 	if err != nil {
-		return writeError(c, err)
+		return false, writeError(c, err)
 	}
+	x.req = req
+	x.rec.Stream = req.Stream
 	rt, ok := s.models[req.Model]
 	if !ok {
-		return writeError(c, unknownModel(req.Model))
+		return false, writeError(c, unknownModel(req.Model))
 	}
-	var dec router.Decision
 	if rt.auto {
-		if dec, err = s.policy.Route(req.Model, c.Get(headerTier), &req.Input); err != nil {
-			return writeError(c, s.badTierHeader(err))
+		if x.dec, err = s.policy.Route(req.Model, c.Get(headerTier), &req.Input); err != nil {
+			return false, writeError(c, s.badTierHeader(err))
 		}
 	} else {
-		dec.Tier = rt.tier
+		x.dec.Tier = rt.tier
 	}
-	reason := dec.Reason
-	if reason == "" {
-		reason = "false"
+	x.rec.Escalated, x.rec.Reason, x.rec.Score = x.dec.Escalated, x.dec.Reason, x.dec.Score
+	routed(s, x.span, req, &x.dec)
+	captureInput(s, x.span, req)
+	for _, m := range req.Messages {
+		x.promptChars += len(m.Content)
 	}
-	span := trace.SpanFromContext(c.UserContext()) // the server span (telemetry.go)
-	routed(s, span, req, &dec)
-	captureInput(s, span, req)
 
 	path := "/completions"
 	if chat {
 		path = "/chat/completions"
 	}
-	clientWantsUsage := req.IncludeUsage
-	up := &backends.Request{Path: path, Header: http.Header{headerRequestID: {c.Locals(headerRequestID).(string)}},
+	up := &backends.Request{Path: path, Header: http.Header{headerRequestID: {x.rec.RequestID}},
 		Body: upstreamBody(body, req.Stream && !req.IncludeUsage)}
 
 	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.Timeouts.Total)
-	watch := watchClient(c, cancel) // a client hanging up cancels ctx (disconnect.go)
+	unstop := context.AfterFunc(g.stopping, cancel) // shutdown ends what is still running
+	watch := watchClient(c, cancel)                 // a client hanging up cancels ctx (disconnect.go)
 	var resp *backends.Response
-	tier := dec.Tier
-	for i, t := range s.tryOrder(dec.Tier) {
+	for _, t := range s.tryOrder(x.dec.Tier) {
 		resp, err = s.pools[t].Send(ctx, g.registry.Client(), up, s.cfg.Retries)
 		if err == nil {
-			tier = t
-			if i > 0 {
-				reason = "fallback"
-			}
 			break
 		}
+		x.tried(t, err)
 		if !errors.Is(err, backends.ErrUnavailable) && !errors.Is(err, backends.ErrTimeout) {
 			break
 		}
 	}
-	rec := costing.Record{
-		Time: start, RequestID: up.Header.Get(headerRequestID), Tier: tier, Stream: req.Stream,
-		Escalated: reason != "false", Reason: reasonOrEmpty(reason), Score: dec.Score,
-		KeyID: keyID(c.Get(fiber.HeaderAuthorization)),
-	}
-	rec.TraceID = traceID(span)
 	if err != nil {
 		gone := watch.stop()
+		unstop()
 		cancel()
-		rec.Latency = g.now().Sub(start)
-		rec.Status = costing.StatusUpstreamError
-		if errors.Is(err, backends.ErrTimeout) {
-			rec.Status = costing.StatusTimeout
-		}
+		x.outcome = outcomeOf(err, gone, g.stopping.Err() != nil)
+		x.setTokens(backends.Usage{}, 0)
 		if gone {
-			rec.Status = costing.StatusClientCancelled
+			return false, nil
 		}
-		g.finish(s, span, &rec, false)
-		return writeError(c, err)
+		return false, writeError(c, x.failure(err))
 	}
-	rec.Model, rec.Endpoint = resp.Endpoint.Model, resp.Endpoint.URL
-
-	c.Set(headerTier, tier)
-	c.Set(headerModel, resp.Endpoint.Model)
-	c.Set(headerScore, strconv.FormatFloat(dec.Score, 'f', 4, 64))
-	c.Set(headerEscalated, reason)
-	if s.cheaper(tier, dec.Tier) {
-		c.Set(headerDegraded, "true")
-	}
-	promptChars := 0
-	for _, m := range req.Messages {
-		promptChars += len(m.Content)
-	}
+	x.served(resp.Endpoint)
+	x.headers(c)
 
 	if !req.Stream {
 		data, rerr := readBody(resp)
-		if watch.stop() && rerr != nil {
-			rerr = context.Canceled // the client left: not the backend's failure
+		gone := watch.stop()
+		if rerr == nil {
+			rerr = checkAnswer(resp, data)
 		}
+		unstop()
 		var u backends.Usage
 		if rerr == nil {
 			u = backends.ParseUsage(data)
 			resp.RecordUsage(u)
+		} else if gone {
+			rerr = context.Canceled // the client left: not the backend's failure
 		}
 		resp.Finish(rerr)
 		cancel()
-		rec.Latency = g.now().Sub(start)
-		rec.TTFT = rec.Latency
+		x.rec.TTFT = g.now().Sub(x.start)
 		if rerr != nil {
-			rec.Status = costing.StatusUpstreamError
-			if errors.Is(rerr, context.Canceled) {
-				rec.Status = costing.StatusClientCancelled
+			x.outcome = outcomeOf(rerr, gone, g.stopping.Err() != nil)
+			if ctx.Err() != nil && x.outcome == costing.OutcomeUpstreamError {
+				x.outcome = costing.OutcomeTimeout // timeouts.total ended the body
 			}
-			// The prompt was processed; what was generated is unknown.
-			setTokens(&rec, backends.Usage{}, promptChars, 0)
-			g.finish(s, span, &rec, false)
-			return writeError(c, &apiError{Status: 502, Type: "upstream_error", Code: "upstream_broken",
-				Message: "the model backend's answer broke off: " + rerr.Error()})
+			x.setTokens(backends.Usage{}, 0) // the prompt was processed; what was generated is unknown
+			if gone {
+				return false, nil
+			}
+			return false, writeError(c, x.failure(rerr))
 		}
 		outChars := 0 // only needed to estimate when usage is missing
 		if !u.Reported {
 			outChars = len(jsonString(data, "choices.0.message.content")) + len(jsonString(data, "choices.0.text"))
 		}
-		setTokens(&rec, u, promptChars, outChars)
-		g.finish(s, span, &rec, false)
-		captureOutput(s, span, data, u.FinishReason)
+		x.setTokens(u, outChars)
+		captureOutput(s, x.span, data, u.FinishReason)
 		c.Status(resp.StatusCode)
 		c.Set(fiber.HeaderContentType, resp.Header.Get(fiber.HeaderContentType))
-		return c.Send(data)
+		return false, c.Send(data)
 	}
 
 	if watch.stop() { // the client left before the first chunk
+		unstop()
 		resp.Finish(context.Canceled)
 		cancel()
-		rec.Latency, rec.Status = g.now().Sub(start), costing.StatusClientCancelled
-		setTokens(&rec, backends.Usage{}, promptChars, 0)
-		g.finish(s, span, &rec, false)
-		return nil
+		x.outcome = costing.OutcomeClientCancelled
+		x.setTokens(backends.Usage{}, 0)
+		return false, nil
 	}
 	c.Status(http.StatusOK)
 	c.Set(fiber.HeaderContentType, "text/event-stream")
 	c.Set(fiber.HeaderCacheControl, "no-cache")
 	c.Set("X-Accel-Buffering", "no")
-	idle := s.cfg.Timeouts.StreamIdle
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-		g.relay(ctx, cancel, resp, w, relayState{snap: s, span: span, capture: newCapture(s, span), rec: rec, start: start, idle: idle,
-			promptChars: promptChars, keepUsage: clientWantsUsage})
+		defer x.end(true)
+		defer unstop()
+		x.relay(ctx, cancel, resp, w, newCapture(s, x.span), req.IncludeUsage)
 	})
+	return true, nil
+}
+
+// headers tell the client which tier and model answered and why.
+func (x *exchange) headers(c *fiber.Ctx) {
+	c.Set(headerTier, x.rec.Tier)
+	c.Set(headerModel, x.rec.Model)
+	c.Set(headerScore, strconv.FormatFloat(x.dec.Score, 'f', 4, 64))
+	esc := x.dec.Reason
+	if !x.dec.Escalated {
+		esc = "false"
+	}
+	c.Set(headerEscalated, esc)
+	switch x.rec.Move {
+	case costing.MoveUp:
+		c.Set(headerFallback, "up")
+	case costing.MoveDown:
+		c.Set(headerFallback, "down")
+		c.Set(headerDegraded, "fallback")
+	}
+}
+
+// checkAnswer accepts a non-streaming 2xx answer only if it is a JSON
+// object with a "choices" array: anything else (an HTML error page, a
+// truncated body, an event stream) is the backend's failure.
+func checkAnswer(resp *backends.Response, data []byte) error {
+	ct := resp.Header.Get(fiber.HeaderContentType)
+	if !strings.HasPrefix(ct, "application/json") {
+		return fmt.Errorf("%w: content type %q", backends.ErrInvalidResponse, ct)
+	}
+	if !gjson.ValidBytes(data) || !gjson.GetBytes(data, "choices").IsArray() {
+		return fmt.Errorf("%w: not a completion object", backends.ErrInvalidResponse)
+	}
 	return nil
 }
 
@@ -212,13 +239,6 @@ func unknownModel(name string) *apiError {
 // badTierHeader is the 400 for an X-Cascade-Tier header that names no tier.
 func (s *snapshot) badTierHeader(err error) *apiError {
 	return badRequest(headerTier, "header %s: %v; use one of %s", headerTier, err, strings.Join(s.tiers, ", "))
-}
-
-func reasonOrEmpty(r string) string {
-	if r == "false" {
-		return ""
-	}
-	return r
 }
 
 // readBody reads a non-streaming answer whole, in one allocation when the
@@ -297,96 +317,3 @@ func boolOr(b *bool, def bool) bool {
 	return *b
 }
 
-// setTokens fills token counts from usage, or estimates them (4 bytes a token)
-// when the backend reported none.
-func setTokens(rec *costing.Record, u backends.Usage, promptChars, outChars int) {
-	if u.Reported {
-		rec.InputTokens, rec.OutputTokens = u.InputTokens, u.OutputTokens
-		return
-	}
-	rec.Estimated = true
-	rec.InputTokens = (promptChars + 3) / 4
-	rec.OutputTokens = (outChars + 3) / 4
-}
-
-type relayState struct {
-	snap        *snapshot
-	span        trace.Span       // the server span, ended when the stream is
-	capture     *strings.Builder // the streamed answer, when content capture is on (telemetry.go)
-	rec         costing.Record
-	start       time.Time
-	idle        time.Duration
-	promptChars int
-	keepUsage   bool
-}
-
-// relay copies the upstream SSE stream to the client event by event. It runs
-// after the handler returned, on fasthttp's stream writer.
-func (g *Gateway) relay(ctx context.Context, cancel context.CancelFunc, resp *backends.Response, w *bufio.Writer, st relayState) {
-	defer cancel()
-	var idleFired atomic.Bool
-	idle := time.AfterFunc(st.idle, func() { idleFired.Store(true); cancel() })
-	defer idle.Stop()
-	sc := backends.NewStreamScanner(resp.Body)
-	rec := st.rec
-	rec.Status = costing.StatusOK
-	var outcome error
-	first := true
-	for {
-		line, err := sc.Next()
-		if len(line) > 0 {
-			if st.capture != nil {
-				captureChunk(st.capture, line)
-			}
-			idle.Reset(st.idle)
-			if first {
-				rec.TTFT = g.now().Sub(st.start)
-				first = false
-			}
-			if st.keepUsage || !sc.UsageOnly {
-				w.Write(line)
-			}
-			// At the end of an event, flush unless more has already arrived.
-			if (line[0] == '\n' || line[0] == '\r') && !sc.LineReady() {
-				if ferr := w.Flush(); ferr != nil {
-					rec.Status = costing.StatusClientCancelled
-					outcome = context.Canceled
-					cancel() // stop the GPU working for nobody
-					break
-				}
-			}
-		}
-		if err == nil {
-			continue
-		}
-		if err == io.EOF && sc.Done {
-			break
-		}
-		// The upstream broke off mid-stream: tell the client instead of
-		// ending a 200 that looks complete.
-		msg := "the model backend's stream broke off before it finished"
-		rec.Status, outcome = costing.StatusUpstreamError, errStreamBroken
-		if idleFired.Load() {
-			msg = "the model backend sent nothing for longer than timeouts.stream_idle"
-			rec.Status, outcome = costing.StatusTimeout, backends.ErrTimeout
-		} else if ctx.Err() != nil {
-			msg = "the request exceeded timeouts.total"
-			rec.Status, outcome = costing.StatusTimeout, backends.ErrTimeout
-		}
-		w.WriteString("data: ")
-		w.Write(errorBody(&apiError{Type: "upstream_error", Code: "stream_interrupted", Message: msg}))
-		w.WriteString("\n\n")
-		w.Flush()
-		break
-	}
-	if st.capture != nil {
-		captureText(st.span, st.capture.String(), sc.Usage.FinishReason)
-	}
-	resp.RecordUsage(sc.Usage)
-	resp.Finish(outcome)
-	rec.Latency = g.now().Sub(st.start)
-	setTokens(&rec, sc.Usage, st.promptChars, sc.Chunks*4)
-	g.finish(st.snap, st.span, &rec, true)
-}
-
-var errStreamBroken = errors.New("upstream stream broke off")

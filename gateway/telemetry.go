@@ -32,7 +32,8 @@ const (
 	keyThreshold   = attribute.Key("cascade.threshold")
 	keyEscalated   = attribute.Key("cascade.escalated")
 	keyReason      = attribute.Key("cascade.reason")
-	keyStatus      = attribute.Key("cascade.status")
+	keyOutcome     = attribute.Key("cascade.outcome")
+	keyMove        = attribute.Key("cascade.fallback")
 	keyCostUSD     = attribute.Key("cascade.cost_usd")
 	keyBaselineUSD = attribute.Key("cascade.baseline_cost_usd")
 	keyEnergyWh    = attribute.Key("cascade.energy_wh")
@@ -46,6 +47,7 @@ type telemetry struct {
 
 	requests    metric.Int64Counter
 	escalations metric.Int64Counter
+	fallbacks   metric.Int64Counter
 	cost        metric.Float64Counter
 	baseline    metric.Float64Counter
 	energy      metric.Float64Counter
@@ -76,10 +78,13 @@ func newTelemetry(g *Gateway) (*telemetry, error) {
 	add := func(err error) { errs = append(errs, err) }
 	var err error
 	t.requests, err = m.Int64Counter("cascade.requests", metric.WithUnit("{request}"),
-		metric.WithDescription("Requests that reached a backend, by tier, outcome and whether they were escalated."))
+		metric.WithDescription("API requests, by tier, outcome and whether the router escalated them."))
 	add(err)
 	t.escalations, err = m.Int64Counter("cascade.escalations", metric.WithUnit("{request}"),
-		metric.WithDescription("Requests served above the cheapest tier the routing chose first, by reason (score, fallback)."))
+		metric.WithDescription("Requests the router sent above the cheapest tier, by reason (score, alias, header, confidence)."))
+	add(err)
+	t.fallbacks, err = m.Int64Counter("cascade.fallbacks", metric.WithUnit("{request}"),
+		metric.WithDescription("Requests moved to another tier than the router chose because it had no endpoint available, by direction (up, down) and the tier that took them."))
 	add(err)
 	t.cost, err = m.Float64Counter("cascade.cost", metric.WithUnit("USD"),
 		metric.WithDescription("What requests cost, in US dollars."))
@@ -153,11 +158,12 @@ type tierSets struct {
 	tier     attribute.KeyValue
 	only     []metric.AddOption    // {cascade.tier}
 	onlyRec  []metric.RecordOption // {cascade.tier}
-	requests [4][2][]metric.AddOption
+	requests [costing.NumOutcomes][2][]metric.AddOption
+	moves    [3][]metric.AddOption // by costing.Move
 	escalate map[string][]metric.AddOption // by reason
 }
 
-var knownReasons = []string{"score", "alias", "header", "fallback"}
+var knownReasons = []string{"score", "alias", "header", "confidence"}
 
 func newTierSets(tier string) *tierSets {
 	ts := &tierSets{tier: keyTier.String(tier), escalate: map[string][]metric.AddOption{}}
@@ -167,8 +173,12 @@ func newTierSets(tier string) *tierSets {
 	for st := range ts.requests {
 		for esc := range ts.requests[st] {
 			ts.requests[st][esc] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(ts.tier,
-				keyStatus.String(costing.Status(st).String()), keyEscalated.Bool(esc == 1)))}
+				keyOutcome.String(costing.Outcome(st).String()), keyEscalated.Bool(esc == 1)))}
 		}
+	}
+	for m := range ts.moves {
+		ts.moves[m] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(ts.tier,
+			keyMove.String(costing.Move(m).String())))}
 	}
 	for _, r := range knownReasons {
 		ts.escalate[r] = escalationOpts(ts.tier, r)
@@ -187,6 +197,7 @@ func buildTelSets(cfg *config.Config) *telSets {
 	for _, t := range cfg.Tiers {
 		ts.tiers[t.Name] = newTierSets(t.Name)
 	}
+	ts.tiers[""] = newTierSets("none") // requests refused before any tier was tried
 	return ts
 }
 
@@ -240,9 +251,9 @@ func (t *telemetry) record(s *snapshot, rec *costing.Record) {
 	}
 	ctx := context.Background()
 	ts := s.tel.tier(rec.Tier)
-	st := int(rec.Status)
+	st := int(rec.Outcome)
 	if st >= len(ts.requests) {
-		st = int(costing.StatusUpstreamError)
+		st = int(costing.OutcomeUpstreamError)
 	}
 	esc := 0
 	if rec.Escalated {
@@ -255,6 +266,9 @@ func (t *telemetry) record(s *snapshot, rec *costing.Record) {
 			opts = escalationOpts(ts.tier, rec.Reason)
 		}
 		t.escalations.Add(ctx, 1, opts...)
+	}
+	if rec.Move != costing.MoveNone && int(rec.Move) < len(ts.moves) {
+		t.fallbacks.Add(ctx, 1, ts.moves[rec.Move]...)
 	}
 	t.cost.Add(ctx, float64(rec.CostMicroUSD)/1e6, ts.only...)
 	t.baseline.Add(ctx, float64(rec.BaselineMicroUSD)/1e6, ts.only...)
@@ -378,7 +392,7 @@ func annotate(span trace.Span, rec *costing.Record, ended bool) {
 			keyTier.String(rec.Tier),
 			keyEscalated.Bool(rec.Escalated),
 			keyReason.String(rec.Reason),
-			keyStatus.String(rec.Status.String()),
+			keyOutcome.String(rec.Outcome.String()),
 			keyCostUSD.Float64(float64(rec.CostMicroUSD)/1e6),
 			keyBaselineUSD.Float64(float64(rec.BaselineMicroUSD)/1e6),
 			keyEnergyWh.Float64(float64(rec.EnergyMilliWh)/1e3),
@@ -390,10 +404,13 @@ func annotate(span trace.Span, rec *costing.Record, ended bool) {
 		if rec.Model != "" {
 			span.SetAttributes(semconv.GenAIResponseModel(rec.Model))
 		}
-		if rec.Status != costing.StatusOK {
-			span.SetAttributes(semconv.ErrorTypeKey.String(rec.Status.String()))
-			if rec.Status != costing.StatusClientCancelled {
-				span.SetStatus(codes.Error, rec.Status.String())
+		if rec.Move != costing.MoveNone {
+			span.SetAttributes(keyMove.String(rec.Move.String()))
+		}
+		if !rec.Outcome.OK() {
+			span.SetAttributes(semconv.ErrorTypeKey.String(rec.Outcome.String()))
+			if rec.Outcome.Failed() {
+				span.SetStatus(codes.Error, rec.Outcome.String())
 			}
 		}
 	}

@@ -286,7 +286,7 @@ func TestTraceNonStreaming(t *testing.T) {
 	wantAttr(t, server, "cascade.tier", "small")
 	wantAttr(t, server, "cascade.escalated", false)
 	wantAttr(t, server, "cascade.reason", "")
-	wantAttr(t, server, "cascade.status", "ok")
+	wantAttr(t, server, "cascade.outcome", "served")
 	wantAttr(t, server, "cascade.score", rec.Score)
 	wantAttr(t, server, "cascade.cost_usd", float64(rec.CostMicroUSD)/1e6)
 	wantAttr(t, server, "cascade.baseline_cost_usd", float64(rec.BaselineMicroUSD)/1e6)
@@ -428,7 +428,8 @@ func TestTraceFailedAttemptAndFallback(t *testing.T) {
 	if failed.Parent.SpanID() != server.SpanContext.SpanID() || ok.Parent.SpanID() != server.SpanContext.SpanID() {
 		t.Fatal("attempts are not children of the server span")
 	}
-	wantAttr(t, server, "cascade.reason", "fallback")
+	wantAttr(t, server, "cascade.fallback", "up")
+	wantAttr(t, server, "cascade.escalated", false)
 	wantAttr(t, server, "cascade.tier", "large")
 	noAttr(t, server, "cascade.score") // pinned: no routing decision
 	noAttr(t, server, "cascade.threshold")
@@ -441,9 +442,11 @@ func TestTraceFailedAttemptAndFallback(t *testing.T) {
 	if n := histCount(dur, "gen_ai.response.model=large-model", "gen_ai.operation.name=chat"); n != 1 {
 		t.Fatalf("successful attempt duration count %d", n)
 	}
-	esc := sumOf(t, rm, "cascade.escalations")
-	if esc["cascade.reason=fallback,cascade.tier=large"] != 1 {
-		t.Fatalf("escalations %v", esc)
+	if _, ok := findMetric(rm, "cascade.escalations"); ok {
+		t.Fatal("a fallback counted as an escalation")
+	}
+	if fb := sumOf(t, rm, "cascade.fallbacks"); fb["cascade.fallback=up,cascade.tier=large"] != 1 {
+		t.Fatalf("fallbacks %v", fb)
 	}
 }
 
@@ -461,7 +464,7 @@ func TestTraceUpstreamDownEndsServerSpanWithError(t *testing.T) {
 	spans := h.waitSpans(t, 2)
 	server := findSpan(t, spans, "POST /v1/chat/completions")
 	wantAttr(t, server, "http.response.status_code", 503)
-	wantAttr(t, server, "cascade.status", "upstream_error")
+	wantAttr(t, server, "cascade.outcome", "upstream_error")
 	if server.Status.Code != codes.Error {
 		t.Fatalf("server span status %v", server.Status)
 	}
@@ -491,7 +494,7 @@ func TestMetricsPerRequest(t *testing.T) {
 	rm := collect(t, h.reader)
 
 	req := sumOf(t, rm, "cascade.requests")
-	if req["cascade.escalated=false,cascade.status=ok,cascade.tier=small"] != 3 {
+	if req["cascade.escalated=false,cascade.outcome=served,cascade.tier=small"] != 3 {
 		t.Fatalf("cascade.requests %v", req)
 	}
 	var cost, base0, energy float64
@@ -631,7 +634,7 @@ func TestPrometheusMetricsEndpoint(t *testing.T) {
 	}
 	for _, line := range strings.Split(text, "\n") {
 		if strings.HasPrefix(line, "cascade_requests_total{") {
-			for _, l := range []string{"cascade_tier=", "cascade_status=", "cascade_escalated="} {
+			for _, l := range []string{"cascade_tier=", "cascade_outcome=", "cascade_escalated="} {
 				if !strings.Contains(line, l) {
 					t.Errorf("%s lacks label %s", line, l)
 				}

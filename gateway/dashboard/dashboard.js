@@ -431,8 +431,12 @@
     const routing = st.routing || {};
     const target = num(routing.target_escalation_rate);
     const req = num(t.requests) || 0;
+    let moved = '';
+    if (num(t.fallbacks_up) || num(t.degraded_down)) {
+      moved = fmtInt(t.fallbacks_up || 0) + ' fallback up · ' + fmtInt(t.degraded_down || 0) + ' degraded · ';
+    }
     setKPI('kpi-requests', t.requests, fmtInt(t.requests),
-      fmtInt(t.errors) + ' errors · ' + fmtRate(req, st) + ' · last ' + windowLabel());
+      fmtInt(t.errors) + ' errors · ' + moved + fmtRate(req, st) + ' · last ' + windowLabel());
     const rate = num(t.escalation_rate);
     let escSub = fmtInt(t.escalations) + ' escalated · ';
     escSub += target !== null ? 'target ' + fmtPct(target) : 'fixed threshold ' + (num(routing.threshold) === null ? '–' : routing.threshold);
