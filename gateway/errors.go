@@ -37,10 +37,10 @@ func toAPIError(err error) *apiError {
 		return &apiError{Status: ue.Status, Type: upstreamType(ue.Status), Code: "upstream_error", Message: upstreamMessage(ue)}
 	case errors.Is(err, backends.ErrTimeout):
 		return &apiError{Status: http.StatusGatewayTimeout, Type: "timeout_error", Code: "upstream_timeout",
-			Message: "the model backend did not answer in time; retry later or raise timeouts in the config: " + err.Error()}
+			Message: "the model backend did not answer in time; retry later or raise timeouts in the config"}
 	case errors.Is(err, backends.ErrUnavailable):
 		return &apiError{Status: http.StatusServiceUnavailable, Type: "service_unavailable", Code: "backend_unavailable",
-			Message: "no model backend is available for this request (all endpoints of the tier and its fallback are down or their breakers are open); retry later: " + err.Error()}
+			Message: "no model backend is available for this request (all endpoints of the tier and its fallback are down or their breakers are open); retry later"}
 	case errors.Is(err, fiber.ErrRequestEntityTooLarge):
 		return &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Code: "request_too_large",
 			Message: "request body is larger than the configured max_body_bytes"}
@@ -49,7 +49,7 @@ func toAPIError(err error) *apiError {
 	if errors.As(err, &fe) {
 		return &apiError{Status: fe.Code, Type: "invalid_request_error", Message: fe.Message}
 	}
-	return &apiError{Status: 500, Type: "server_error", Code: "internal_error", Message: "internal error: " + err.Error()}
+	return &apiError{Status: 500, Type: "server_error", Code: "internal_error", Message: "internal error"}
 }
 
 func upstreamType(status int) string {
