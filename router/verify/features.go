@@ -207,6 +207,11 @@ func Extract(prompt *router.Input, a *Answer, x *Features) {
 		x[fProseShare] = float32(len(text)-t.codeBytes) / float32(len(text))
 	}
 	x[fCodeMissing] = b2f(p.asksCode && !code)
+	for i, v := range x {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			x[i] = 0
+		}
+	}
 }
 
 func b2f(b bool) float32 {
@@ -260,7 +265,7 @@ func tokenFeatures(toks []Token, x *Features) {
 	}
 	t := &toks[first]
 	p1, p2, h := topStats(t)
-	x[fFirstRisk] = float32(1 - math.Exp(float64(min(t.Logprob, 0))))
+	x[fFirstRisk] = float32(1 - math.Exp(float64(cleanLogprob(t.Logprob))))
 	x[fFirstMargin] = float32(p1 - p2)
 	x[fFirstEntropy] = float32(h)
 
@@ -304,12 +309,20 @@ func tokenFeatures(toks []Token, x *Features) {
 	}
 }
 
+// cleanLogprob maps NaN and positive values (not log-probabilities) to 0.
+func cleanLogprob(lp float32) float32 {
+	if !(lp <= 0) {
+		return 0
+	}
+	return lp
+}
+
 // topStats returns the two largest probabilities among a token's
 // alternatives and their entropy (the mass outside them counted as one
 // more outcome).
 func topStats(t *Token) (p1, p2, h float64) {
 	if len(t.Top) == 0 {
-		p := math.Exp(float64(min(t.Logprob, 0)))
+		p := math.Exp(float64(cleanLogprob(t.Logprob)))
 		if p < 1 {
 			h = -p * math.Log(p)
 			if r := 1 - p; r > 0 {

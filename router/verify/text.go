@@ -15,7 +15,6 @@ const (
 	cueCorrection
 	cueNegation
 	cueCode
-	cueMarker
 )
 
 var cues = map[string]uint8{}
@@ -27,7 +26,6 @@ func init() {
 		cueCorrection: "wait actually mistake oops correction incorrect recalculate re-evaluate reconsider",
 		cueNegation:   "not except least false incorrect never",
 		cueCode:       "function program code implement script python javascript class method",
-		cueMarker:     "####",
 	} {
 		for _, w := range strings.Fields(words) {
 			cues[w] = cat
@@ -56,11 +54,12 @@ func scanPrompt(in *router.Input, p *promptFacts) {
 		q = q[len(q)-maxPromptScan:] // the question is at the end
 	}
 	p.text = q
-	words(q, func(w []byte, _ int) {
+	it := wordIter{s: q}
+	for w, ok := it.next(); ok; w, ok = it.next() {
 		if cues[string(w)] == cueCode {
 			p.asksCode = true
 		}
-	})
+	}
 	numbers(q, func(v float64, _, _ int) {
 		p.allNums++
 		if !p.has(v) && p.nnums < maxNumbers {
@@ -72,11 +71,12 @@ func scanPrompt(in *router.Input, p *promptFacts) {
 	options(q, p)
 	if p.nopts > 0 {
 		stem := q[p.stem.s:p.stem.e]
-		words(stem, func(w []byte, _ int) {
+		it := wordIter{s: stem}
+		for w, ok := it.next(); ok; w, ok = it.next() {
 			if cues[string(w)] == cueNegation {
 				p.negated = true
 			}
-		})
+		}
 	}
 }
 
@@ -170,7 +170,8 @@ type textFacts struct {
 }
 
 func scanAnswer(text string, p *promptFacts, t *textFacts) {
-	words(text, func(w []byte, _ int) {
+	it := wordIter{s: text}
+	for w, ok := it.next(); ok; w, ok = it.next() {
 		switch cues[string(w)] {
 		case cueHedge:
 			t.hedges++
@@ -179,7 +180,7 @@ func scanAnswer(text string, p *promptFacts, t *textFacts) {
 		case cueCorrection:
 			t.corrections++
 		}
-	})
+	}
 	if strings.Contains(text, "####") || strings.Contains(text, "\\boxed") ||
 		containsFold(text, "answer is") || containsFold(text, "answer:") {
 		t.marker = true
@@ -333,15 +334,16 @@ func choiceFeatures(text string, p *promptFacts, x *Features) {
 	opt := p.text[p.opts[pick].s:p.opts[pick].e]
 	stem := p.text[p.stem.s:p.stem.e]
 	var n, in int
-	words(opt, func(w []byte, _ int) {
+	it := wordIter{s: opt}
+	for w, ok := it.next(); ok; w, ok = it.next() {
 		if len(w) < 4 {
-			return
+			continue
 		}
 		n++
 		if containsWord(stem, w) {
 			in++
 		}
-	})
+	}
 	if n > 0 {
 		x[fChoiceOverlap] = float32(in) / float32(n)
 	}
@@ -381,48 +383,50 @@ func isAlnum(c byte) bool {
 
 func trim(s string) string { return strings.TrimSpace(s) }
 
-// words calls f with each lower-cased word of s (letters, digits, ' and -
-// inside; at most 24 bytes; '#' runs count as a word).
-func words(s string, f func(w []byte, at int)) {
-	var buf [24]byte
-	n, start := 0, -1
-	flush := func(i int) {
-		if n > 0 && n <= len(buf) {
-			f(buf[:n], start)
+// wordIter yields the lower-cased words of s (letters, digits, ' and -
+// inside; longer than 24 bytes are skipped). It does not allocate.
+type wordIter struct {
+	s   string
+	i   int
+	buf [24]byte
+}
+
+func (w *wordIter) next() ([]byte, bool) {
+	s := w.s
+	for w.i < len(s) {
+		n := 0
+		for ; w.i < len(s); w.i++ {
+			c := s[w.i]
+			lc := c | 0x20
+			word := (lc >= 'a' && lc <= 'z') || isDigit(c) ||
+				((c == '\'' || c == '-') && n > 0 && w.i+1 < len(s) && isAlnum(s[w.i+1]))
+			if !word {
+				break
+			}
+			if c >= 'A' && c <= 'Z' {
+				c = lc
+			}
+			if n < len(w.buf) {
+				w.buf[n] = c
+			}
+			n++
 		}
-		n, start = 0, -1
+		w.i++
+		if n > 0 && n <= len(w.buf) {
+			return w.buf[:n], true
+		}
 	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		lc := c | 0x20
-		word := (lc >= 'a' && lc <= 'z') || isDigit(c) ||
-			((c == '\'' || c == '-') && n > 0 && i+1 < len(s) && isAlnum(s[i+1]))
-		if !word {
-			flush(i)
-			continue
-		}
-		if start < 0 {
-			start = i
-		}
-		if c >= 'A' && c <= 'Z' {
-			c = lc
-		}
-		if n < len(buf) {
-			buf[n] = c
-		}
-		n++
-	}
-	flush(len(s))
+	return nil, false
 }
 
 func containsWord(s string, w []byte) bool {
-	found := false
-	words(s, func(x []byte, _ int) {
-		if !found && string(x) == string(w) {
-			found = true
+	it := wordIter{s: s}
+	for x, ok := it.next(); ok; x, ok = it.next() {
+		if string(x) == string(w) {
+			return true
 		}
-	})
-	return found
+	}
+	return false
 }
 
 func containsFold(s, sub string) bool { return indexFold(s, sub) >= 0 }

@@ -231,11 +231,15 @@ type TrainOptions struct {
 	Iters int
 	// Drop lists features to leave out (weight forced to 0).
 	Drop []int
+	// MinClassRows is the least number of training rows an answer class
+	// needs for its own weights; fewer and the pooled model scores it.
+	// 0 means 150.
+	MinClassRows int
 }
 
 // DefaultL2 is the ridge penalty, chosen by cross-validation inside the
 // training half (cascade train --answers --cv).
-const DefaultL2 = 3.0
+const DefaultL2 = 10.0
 
 // Train fits the verifier by L2-regularised logistic regression (Newton's
 // method, deterministic) with every source weighted equally.
@@ -248,6 +252,9 @@ func Train(rows []Row, opt TrainOptions) (*Verifier, error) {
 	}
 	if opt.Iters <= 0 {
 		opt.Iters = 25
+	}
+	if opt.MinClassRows <= 0 {
+		opt.MinClassRows = 150
 	}
 	lab := opt.Label
 	if lab == "" {
@@ -308,18 +315,73 @@ func Train(rows []Row, opt TrainOptions) (*Verifier, error) {
 		z[d] = 1 // bias
 		Z[i] = z
 	}
+	f := modelFile{
+		Format:   ModelFormat,
+		Features: FeatureNames(),
+		Mean:     make([]float64, d),
+		Scale:    make([]float64, d),
+	}
+	for j := range d {
+		f.Mean[j], f.Scale[j] = round6(mean[j]), round6(scale[j])
+	}
+	// The pooled model, then one per class with enough rows.
+	for c := range numClasses {
+		var idx []int
+		for i := range n {
+			if c == classAll || classOf(&X[i]) == c {
+				idx = append(idx, i)
+			}
+		}
+		if c != classAll && len(idx) < opt.MinClassRows {
+			continue
+		}
+		// Weight the class's sources equally, as the pool does.
+		sub := make([]Row, len(idx))
+		for k, i := range idx {
+			sub[k] = rows[i]
+		}
+		sw := SourceWeights(sub)
+		zs, ys := make([][]float64, len(idx)), make([]float64, len(idx))
+		for k, i := range idx {
+			zs[k], ys[k] = Z[i], y[i]
+		}
+		beta, err := newton(zs, ys, sw, opt.L2, opt.Iters)
+		if err != nil {
+			return nil, err
+		}
+		m := classModel{Class: classNames[c], Rows: len(idx), Weights: make([]float64, d), Bias: round6(beta[d])}
+		for j := range d {
+			if !drop[j] {
+				m.Weights[j] = round6(beta[j])
+			}
+		}
+		f.Models = append(f.Models, m)
+	}
+	meta, _ := json.Marshal(map[string]any{"label": lab, "l2": opt.L2, "rows": n})
+	f.Meta = meta
+	b, err := json.Marshal(f)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(b)
+}
+
+// newton fits weighted, L2-regularised logistic regression with soft labels
+// y by Newton's method; the last column of Z is the (unpenalised) bias.
+func newton(Z [][]float64, y, w []float64, l2 float64, iters int) ([]float64, error) {
+	d := len(Z[0]) - 1
 	beta := make([]float64, d+1)
 	H := make([][]float64, d+1)
 	for j := range H {
 		H[j] = make([]float64, d+1)
 	}
 	g := make([]float64, d+1)
-	for it := 0; it < opt.Iters; it++ {
+	for it := 0; it < iters; it++ {
 		for j := range H {
 			clear(H[j])
 		}
 		clear(g)
-		for i := range n {
+		for i := range Z {
 			var zb float64
 			for j, v := range Z[i] {
 				zb += v * beta[j]
@@ -342,8 +404,8 @@ func Train(rows []Row, opt TrainOptions) (*Verifier, error) {
 				H[k][j] = H[j][k]
 			}
 			if j < d {
-				g[j] += opt.L2 * beta[j]
-				H[j][j] += opt.L2
+				g[j] += l2 * beta[j]
+				H[j][j] += l2
 			}
 			H[j][j] += 1e-9
 		}
@@ -355,28 +417,7 @@ func Train(rows []Row, opt TrainOptions) (*Verifier, error) {
 			beta[j] -= step[j]
 		}
 	}
-	f := modelFile{
-		Format:   ModelFormat,
-		Features: FeatureNames(),
-		Mean:     mean,
-		Scale:    scale,
-		Weights:  make([]float64, d),
-		Bias:     beta[d],
-	}
-	for j := range d {
-		if !drop[j] {
-			f.Weights[j] = round6(beta[j])
-		}
-		f.Mean[j], f.Scale[j] = round6(f.Mean[j]), round6(f.Scale[j])
-	}
-	f.Bias = round6(f.Bias)
-	meta, _ := json.Marshal(map[string]any{"label": lab, "l2": opt.L2, "rows": n})
-	f.Meta = meta
-	b, err := json.Marshal(f)
-	if err != nil {
-		return nil, err
-	}
-	return Parse(b)
+	return beta, nil
 }
 
 func round6(x float64) float64 { return math.Round(x*1e6) / 1e6 }

@@ -57,23 +57,62 @@ var defaultJSON []byte
 // concurrent use; Score does not allocate.
 type Verifier struct {
 	file modelFile
-	// Folded for the hot path: logit = bias + w·x.
-	w    [NumFeatures]float64
-	bias float64
+	// Folded for the hot path, per answer class: logit = bias + w·x. A class
+	// without its own model uses the pooled one (classAll).
+	w    [numClasses][NumFeatures]float64
+	bias [numClasses]float64
+	has  [numClasses]bool
+}
+
+// Answer classes: the answer's format, a structural gate. Each may have its
+// own weights; the pooled model covers the rest.
+const (
+	classAll = iota
+	classChoiceLogprobs
+	classChoice
+	classMath
+	classCode
+	classProse
+	numClasses
+)
+
+var classNames = [numClasses]string{"all", "choice_logprobs", "choice", "math", "code", "prose"}
+
+// classOf returns the class of an answer from its features.
+func classOf(x *Features) int {
+	switch {
+	case x[fFmtChoice] == 1 && x[fHasLogprobs] == 1:
+		return classChoiceLogprobs
+	case x[fFmtChoice] == 1:
+		return classChoice
+	case x[fFmtMath] == 1:
+		return classMath
+	case x[fFmtCode] == 1:
+		return classCode
+	}
+	return classProse
 }
 
 // modelFile is the serialised model.
 type modelFile struct {
 	Format string `json:"format"`
-	// Features names the features in order; Mean and Scale standardise them
-	// and Weights apply to the standardised values.
+	// Features names the features in order; Mean and Scale standardise them.
 	Features []string  `json:"features"`
 	Mean     []float64 `json:"mean"`
 	Scale    []float64 `json:"scale"`
-	Weights  []float64 `json:"weights"`
-	Bias     float64   `json:"bias"`
+	// Models are logistic regressions over the standardised features: the
+	// pooled one ("all", required) and one per answer class that had enough
+	// training rows.
+	Models []classModel `json:"models"`
 	// Meta records how the model was trained (informational).
 	Meta json.RawMessage `json:"meta,omitempty"`
+}
+
+type classModel struct {
+	Class   string    `json:"class"`
+	Rows    int       `json:"rows"`
+	Weights []float64 `json:"weights"`
+	Bias    float64   `json:"bias"`
 }
 
 var defaultVerifier = func() *Verifier {
@@ -115,22 +154,45 @@ func Parse(b []byte) (*Verifier, error) {
 	if !slices.Equal(f.Features, featureNames[:]) {
 		return nil, fmt.Errorf("%w: its features differ from this build's (retrain it)", ErrModel)
 	}
-	if len(f.Mean) != NumFeatures || len(f.Scale) != NumFeatures || len(f.Weights) != NumFeatures {
-		return nil, fmt.Errorf("%w: want %d means, scales and weights", ErrModel, NumFeatures)
-	}
-	v := &Verifier{file: f, bias: f.Bias}
-	if !finite(f.Bias) {
-		return nil, fmt.Errorf("%w: bias is not finite", ErrModel)
+	if len(f.Mean) != NumFeatures || len(f.Scale) != NumFeatures {
+		return nil, fmt.Errorf("%w: want %d means and scales", ErrModel, NumFeatures)
 	}
 	for i := range NumFeatures {
-		if !finite(f.Mean[i]) || !finite(f.Weights[i]) || !finite(f.Scale[i]) || f.Scale[i] <= 0 {
-			return nil, fmt.Errorf("%w: feature %s: mean, weight and scale must be finite, scale > 0", ErrModel, f.Features[i])
+		if !finite(f.Mean[i]) || !finite(f.Scale[i]) || f.Scale[i] <= 0 {
+			return nil, fmt.Errorf("%w: feature %s: mean and scale must be finite, scale > 0", ErrModel, f.Features[i])
 		}
-		// w·(x−mean)/scale folded into one weight and the bias.
-		v.w[i] = f.Weights[i] / f.Scale[i]
-		v.bias -= v.w[i] * f.Mean[i]
+	}
+	v := &Verifier{file: f}
+	for _, m := range f.Models {
+		c := slices.Index(classNames[:], m.Class)
+		if c < 0 || v.has[c] {
+			return nil, fmt.Errorf("%w: unknown or repeated class %q", ErrModel, m.Class)
+		}
+		if len(m.Weights) != NumFeatures || !finite(m.Bias) {
+			return nil, fmt.Errorf("%w: class %s: want %d weights and a finite bias", ErrModel, m.Class, NumFeatures)
+		}
+		v.has[c], v.bias[c] = true, m.Bias
+		for i := range NumFeatures {
+			if !finite(m.Weights[i]) {
+				return nil, fmt.Errorf("%w: class %s: weight %s is not finite", ErrModel, m.Class, f.Features[i])
+			}
+			// w·(x−mean)/scale folded into one weight and the bias.
+			v.w[c][i] = m.Weights[i] / f.Scale[i]
+			v.bias[c] -= v.w[c][i] * f.Mean[i]
+		}
+	}
+	if !v.has[classAll] {
+		return nil, fmt.Errorf("%w: no pooled (\"all\") model", ErrModel)
 	}
 	return v, nil
+}
+
+// class returns the model that scores x.
+func (v *Verifier) class(x *Features) int {
+	if c := classOf(x); v.has[c] {
+		return c
+	}
+	return classAll
 }
 
 func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
@@ -152,9 +214,10 @@ func (v *Verifier) Score(prompt *router.Input, a *Answer) float64 {
 }
 
 func (v *Verifier) logit(x *Features) float64 {
-	z := v.bias
+	c := v.class(x)
+	z := v.bias[c]
 	for i := range x {
-		z += v.w[i] * float64(x[i])
+		z += v.w[c][i] * float64(x[i])
 	}
 	return z
 }
@@ -177,9 +240,15 @@ func (v *Verifier) Explain(prompt *router.Input, a *Answer, k int) []router.Reas
 	}
 	var x Features
 	Extract(prompt, a, &x)
+	m := &v.file.Models[0]
+	for i := range v.file.Models {
+		if v.file.Models[i].Class == classNames[v.class(&x)] {
+			m = &v.file.Models[i]
+		}
+	}
 	rs := make([]router.Reason, 0, NumFeatures)
 	for i := range x {
-		c := v.file.Weights[i] * (float64(x[i]) - v.file.Mean[i]) / v.file.Scale[i]
+		c := m.Weights[i] * (float64(x[i]) - v.file.Mean[i]) / v.file.Scale[i]
 		if math.Abs(c) >= 0.005 {
 			rs = append(rs, router.Reason{Feature: featureNames[i], Contribution: c})
 		}
