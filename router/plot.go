@@ -24,6 +24,8 @@ type PlotPanel struct {
 	Title        string
 	Weak, Strong float64
 	Curves       []PlotCurve
+	// XLabel names the x axis; "" means the share of strong-model calls.
+	XLabel string
 }
 
 // WriteSVG draws panels side by side: quality (mean correctness) against the
@@ -72,7 +74,11 @@ func WriteSVG(w io.Writer, panels []PlotPanel) error {
 			fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`, x0, sy(v), x1, sy(v))
 			fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="end">%.3f</text>`+"\n", x0-4, sy(v)+4, v)
 		}
-		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">share of strong-model calls</text>`+"\n", (x0+x1)/2, y0+34)
+		xl := p.XLabel
+		if xl == "" {
+			xl = "share of strong-model calls"
+		}
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", (x0+x1)/2, y0+34, html.EscapeString(xl))
 		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle" transform="rotate(-90 %.1f %.1f)">quality (mean correctness)</text>`+"\n", ox+14, (y0+y1)/2, ox+14, (y0+y1)/2)
 		for _, g := range []struct {
 			v    float64

@@ -17,6 +17,9 @@ func init() {
 }
 
 func runEval(args []string) error {
+	if hasAnswers(args) {
+		return runEvalAnswers(args)
+	}
 	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
 	var data stringsFlag
 	fs.Var(&data, "data", "labelled JSONL file (repeatable)")

@@ -23,6 +23,9 @@ func init() {
 }
 
 func runScore(args []string) error {
+	if hasAnswers(args) {
+		return runScoreAnswers(args)
+	}
 	fs := flag.NewFlagSet("score", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "config file whose routing and tiers to apply (default: built-in model, the default threshold, tiers small/large)")
 	reasons := fs.Int("reasons", 3, "top contributing features to list per prompt (0: none)")

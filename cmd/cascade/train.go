@@ -23,6 +23,9 @@ func (s *stringsFlag) String() string     { return strings.Join(*s, ",") }
 func (s *stringsFlag) Set(v string) error { *s = append(*s, v); return nil }
 
 func runTrain(args []string) error {
+	if hasAnswers(args) {
+		return runTrainAnswers(args)
+	}
 	fs := flag.NewFlagSet("train", flag.ContinueOnError)
 	var data stringsFlag
 	fs.Var(&data, "data", "labelled JSONL file (repeatable): {id, source, domain, prompt, weak, strong}")
