@@ -69,6 +69,13 @@ func (e Endpoint) APIKey() string {
 
 // Routing controls which tier a request with model "auto" (or an alias) goes to.
 type Routing struct {
+	// Mode is how "auto" and aliases without a mode of their own decide:
+	// route (on the prompt alone), cascade (the cheapest tier answers first
+	// and its answer is judged) or hybrid (the prompt settles the clear
+	// cases, the band between is cascaded). Default route.
+	Mode string `yaml:"mode"`
+	// Cascade tunes the cascade and hybrid modes.
+	Cascade Cascade `yaml:"cascade"`
 	// Threshold: a score at or above it escalates. Default 0.75: with the built-in
 	// scorer, whose score is a percentile, about a quarter of traffic escalates.
 	Threshold float64 `yaml:"threshold"`
@@ -107,8 +114,9 @@ type Calibration struct {
 // Alias is a model name with its own routing policy.
 type Alias struct {
 	Name string `yaml:"name"`
-	// Mode is "auto" (the cascade decides; default), "never" (never escalates:
-	// serves on the cheapest tier) or "always" (always on the most capable).
+	// Mode is "auto" (routing.mode decides; default), "route", "cascade" or
+	// "hybrid" (that mode for this alias), "never" (never escalates: serves
+	// on the cheapest tier) or "always" (always on the most capable).
 	Mode string `yaml:"mode"`
 	// Threshold, if set, gives this alias (mode auto) its own fixed threshold,
 	// also when routing follows a target rate; its requests then do not feed
@@ -234,7 +242,7 @@ func Default() Config {
 	return Config{
 		Listen:       "127.0.0.1:8080",
 		MaxBodyBytes: 4 << 20,
-		Routing:      Routing{Threshold: 0.75},
+		Routing:      Routing{Threshold: 0.75, Mode: ModeRoute, Cascade: defaultCascade()},
 		Timeouts: Timeouts{
 			Connect:    2 * time.Second,
 			FirstByte:  60 * time.Second,
@@ -360,11 +368,6 @@ func (c *Config) Validate() error {
 		} else {
 			names[a.Name] = "routing alias"
 		}
-		switch a.Mode {
-		case "", "auto", "never", "always":
-		default:
-			bad(f+".mode", "must be auto, never or always, got %q", a.Mode)
-		}
 		if a.Threshold != nil && (*a.Threshold < 0 || *a.Threshold > 1) {
 			bad(f+".threshold", "must be within [0, 1], got %g", *a.Threshold)
 		}
@@ -378,6 +381,7 @@ func (c *Config) Validate() error {
 	if c.Routing.Calibration.Window < 0 {
 		bad("routing.calibration.window", "must not be negative, got %d", c.Routing.Calibration.Window)
 	}
+	c.validateCascade(bad)
 	switch c.Routing.Scorer {
 	case "", "learned", "length":
 	default:

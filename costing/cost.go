@@ -116,11 +116,29 @@ func (p *Pricer) Rates(tier string) (Rates, bool) {
 
 // Price fills rec.CostMicroUSD, rec.EnergyMilliWh and rec.BaselineMicroUSD
 // from rec.Tier and the token counts. A record of an unknown tier costs
-// nothing; its baseline is still priced.
+// nothing; its baseline is still priced. A discarded cascade attempt is
+// priced on its own tier and added to the request's cost and energy (and
+// is its WastedMicroUSD); the baseline stays the answer served, on the
+// largest tier.
 func (p *Pricer) Price(rec *Record) {
 	if p == nil {
 		return
 	}
+	p.price(rec)
+	if d := &rec.Discarded; d.Tier != "" {
+		d.CostMicroUSD, d.EnergyMilliWh = 0, 0
+		if tp := p.tiers[d.Tier]; tp != nil {
+			in, out := float64(max(d.InputTokens, 0)), float64(max(d.OutputTokens, 0))
+			d.CostMicroUSD = carry(&tp.cost, (in*tp.rates.InputUSD+out*tp.rates.OutputUSD)*1e9)
+			d.EnergyMilliWh = carry(&tp.energy, (in*tp.rates.InputWh+out*tp.rates.OutputWh)*1e6)
+		}
+		rec.WastedMicroUSD = d.CostMicroUSD
+		rec.CostMicroUSD += d.CostMicroUSD
+		rec.EnergyMilliWh += d.EnergyMilliWh
+	}
+}
+
+func (p *Pricer) price(rec *Record) {
 	in, out := float64(max(rec.InputTokens, 0)), float64(max(rec.OutputTokens, 0))
 	tp := p.tiers[rec.Tier]
 	if tp != nil {

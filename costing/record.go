@@ -120,6 +120,31 @@ type Record struct {
 	TTFT    time.Duration // to the first byte relayed to the client
 	Latency time.Duration // whole request
 	Outcome Outcome
+
+	// Cascaded is true when the cheapest tier's answer was judged by the
+	// verifier before it reached the client; Verifier is the verifier's
+	// score (the estimated chance it was wrong) and Hold how long the answer
+	// was held back for it. An answer the verifier doubted is Escalated
+	// with Reason "confidence" and kept in Discarded.
+	Cascaded bool
+	Verifier float64
+	Hold     time.Duration
+	// Discarded is the cheap attempt whose answer was thrown away on a
+	// confidence escalation (zero when none). Its cost is part of
+	// CostMicroUSD and is also WastedMicroUSD.
+	Discarded      Attempt
+	WastedMicroUSD int64
+}
+
+// Attempt is one backend call's share of a request: who answered, the tokens
+// it processed and what they cost.
+type Attempt struct {
+	Tier, Model, Endpoint string
+	InputTokens           int
+	OutputTokens          int
+	Estimated             bool // token counts estimated from text length
+	CostMicroUSD          int64
+	EnergyMilliWh         int64
 }
 
 // Recorder takes records off the request path. Record never blocks and never

@@ -32,6 +32,9 @@ type exchange struct {
 	// promptChars estimates input tokens when a backend reports no usage.
 	promptChars int
 	ended       bool
+	// escalationLost: the verifier doubted the cheap answer but the last
+	// tier could not answer, so the cheap answer was served.
+	escalationLost bool
 }
 
 // end completes and hands on the exchange's record. stream says whether

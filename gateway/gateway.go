@@ -23,6 +23,7 @@ import (
 	"github.com/cascade-gateway/cascade/config"
 	"github.com/cascade-gateway/cascade/costing"
 	"github.com/cascade-gateway/cascade/router"
+	"github.com/cascade-gateway/cascade/router/verify"
 )
 
 // Options are the gateway's collaborators. Zero values are usable.
@@ -73,6 +74,8 @@ type snapshot struct {
 	tel       *telSets // metric attribute sets (telemetry.go)
 	// pricer prices each record in dollars and energy.
 	pricer *costing.Pricer
+	// verifier judges cheap answers in the cascade and hybrid modes.
+	verifier *verify.Verifier
 }
 
 // route is what a model name means.
@@ -165,13 +168,19 @@ func (g *Gateway) Apply(cfg *config.Config) (err error) {
 	for _, t := range cfg.Tiers {
 		s.tiers = append(s.tiers, t.Name)
 	}
-	var prevCal *router.Calibrator // kept across reloads when its settings match
-	if old := g.snap.Load(); old != nil {
-		prevCal = old.policy.Calibrator()
+	var prevPolicy *router.Policy // its calibrators are kept across reloads when their settings match
+	if prev != nil {
+		prevPolicy = prev.policy
 	}
-	p, err := router.Compile(cfg.Routing, s.tiers, prevCal)
+	p, err := router.CompileFrom(cfg.Routing, s.tiers, prevPolicy)
 	if err != nil {
 		return fmt.Errorf("routing: %w", err)
+	}
+	s.verifier = verify.Default()
+	if f := cfg.Routing.Cascade.ModelFile; f != "" {
+		if s.verifier, err = verify.Load(f); err != nil {
+			return fmt.Errorf("routing.cascade.model_file: %w", err)
+		}
 	}
 	s.policy = p
 	s.models["auto"] = route{auto: true}

@@ -106,43 +106,68 @@ func (x *exchange) serve(c *fiber.Ctx, chat bool) (bool, error) {
 	if chat {
 		path = "/chat/completions"
 	}
-	up := &backends.Request{Path: path, Header: http.Header{headerRequestID: {x.rec.RequestID}},
-		Body: upstreamBody(body, req.Stream && !req.IncludeUsage)}
+	hdr := http.Header{headerRequestID: {x.rec.RequestID}}
+	askUsage := req.Stream && !req.IncludeUsage
+	up := &backends.Request{Path: path, Header: hdr, Body: upstreamBody(body, askUsage)}
+	first := up // what the router's tier is sent
+	strip := false
+	if x.dec.Cascade {
+		var cb []byte
+		cb, strip = cascadeBody(body, chat, s.cfg.Routing.Cascade.TopLogprobs)
+		first = &backends.Request{Path: path, Header: hdr, Body: upstreamBody(cb, askUsage)}
+	}
 
 	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.Timeouts.Total)
 	unstop := context.AfterFunc(g.stopping, cancel) // shutdown ends what is still running
 	watch := watchClient(c, cancel)                 // a client hanging up cancels ctx (disconnect.go)
-	var resp *backends.Response
-	for _, t := range s.tryOrder(x.dec.Tier) {
-		resp, err = s.pools[t].Send(ctx, g.registry.Client(), up, s.cfg.Retries)
-		if err == nil {
-			break
-		}
-		x.tried(t, err)
-		if !errors.Is(err, backends.ErrUnavailable) && !errors.Is(err, backends.ErrTimeout) {
-			break
-		}
-	}
-	if err != nil {
+	fail := func(err error) (bool, error) {
 		gone := watch.stop()
 		unstop()
 		cancel()
 		x.outcome = outcomeOf(err, gone, g.stopping.Err() != nil)
-		x.setTokens(backends.Usage{}, 0)
+		if x.rec.Endpoint == "" || x.rec.InputTokens == 0 {
+			x.setTokens(backends.Usage{}, 0) // the prompt was processed; what was generated is unknown
+		}
 		if gone {
 			return false, nil
 		}
 		return false, writeError(c, x.failure(err))
 	}
+	actx, acut := ctx, context.CancelFunc(func() {})
+	if x.dec.Cascade {
+		actx, acut = context.WithCancel(ctx) // the cheap attempt may be abandoned alone
+	}
+	resp, err := x.send(actx, first, x.dec.Tier, true)
+	if err != nil {
+		acut()
+		return fail(err)
+	}
+	var held *firstAnswer
+	if x.dec.Cascade && resp.Endpoint.Tier == x.dec.Tier {
+		f := &firstAnswer{x: x, resp: resp, strip: strip, cut: acut, keepUsage: req.IncludeUsage}
+		if resp, held, err = x.cascade(ctx, f, up); err != nil {
+			x.served(f.resp.Endpoint)
+			return fail(err)
+		}
+	}
 	x.served(resp.Endpoint)
 	x.headers(c)
 
 	if !req.Stream {
-		data, rerr := readBody(resp)
-		gone := watch.stop()
-		if rerr == nil {
-			rerr = checkAnswer(resp, data)
+		var data []byte
+		var rerr error
+		if held != nil {
+			data = held.body
+			if held.strip {
+				data = stripLogprobs(data)
+			}
+		} else {
+			data, rerr = readBody(resp)
+			if rerr == nil {
+				rerr = checkAnswer(resp, data)
+			}
 		}
+		gone := watch.stop()
 		unstop()
 		var u backends.Usage
 		if rerr == nil {
@@ -152,6 +177,7 @@ func (x *exchange) serve(c *fiber.Ctx, chat bool) (bool, error) {
 			rerr = context.Canceled // the client left: not the backend's failure
 		}
 		resp.Finish(rerr)
+		acut()
 		cancel()
 		x.rec.TTFT = g.now().Sub(x.start)
 		if rerr != nil {
@@ -179,6 +205,7 @@ func (x *exchange) serve(c *fiber.Ctx, chat bool) (bool, error) {
 	if watch.stop() { // the client left before the first chunk
 		unstop()
 		resp.Finish(context.Canceled)
+		acut()
 		cancel()
 		x.outcome = costing.OutcomeClientCancelled
 		x.setTokens(backends.Usage{}, 0)
@@ -191,9 +218,34 @@ func (x *exchange) serve(c *fiber.Ctx, chat bool) (bool, error) {
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer x.end(true)
 		defer unstop()
-		x.relay(ctx, cancel, resp, w, newCapture(s, x.span), req.IncludeUsage)
+		defer acut()
+		x.relay(ctx, cancel, resp, held, w, newCapture(s, x.span), req.IncludeUsage)
 	})
 	return true, nil
+}
+
+// send tries tier and, when fallback is on and it has no endpoint
+// available, the tiers it may fall back to. The record names what a failed
+// chain tried last.
+func (x *exchange) send(ctx context.Context, req *backends.Request, tier string, fallback bool) (*backends.Response, error) {
+	s := x.s
+	order := []string{tier}
+	if fallback {
+		order = s.tryOrder(tier)
+	}
+	var err error
+	for _, t := range order {
+		var resp *backends.Response
+		resp, err = s.pools[t].Send(ctx, x.g.registry.Client(), req, s.cfg.Retries)
+		if err == nil {
+			return resp, nil
+		}
+		x.tried(t, err)
+		if !errors.Is(err, backends.ErrUnavailable) && !errors.Is(err, backends.ErrTimeout) {
+			break
+		}
+	}
+	return nil, err
 }
 
 // headers tell the client which tier and model answered and why.
@@ -206,6 +258,12 @@ func (x *exchange) headers(c *fiber.Ctx) {
 		esc = "false"
 	}
 	c.Set(headerEscalated, esc)
+	if x.rec.Cascaded {
+		c.Set(headerConfidence, strconv.FormatFloat(1-x.rec.Verifier, 'f', 4, 64))
+		if x.escalationLost {
+			c.Set(headerDegraded, "escalation_unavailable")
+		}
+	}
 	switch x.rec.Move {
 	case costing.MoveUp:
 		c.Set(headerFallback, "up")
@@ -316,4 +374,3 @@ func boolOr(b *bool, def bool) bool {
 	}
 	return *b
 }
-

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -21,14 +22,43 @@ var errStreamBroken = errors.New("upstream stream broke off")
 // normally (the backend broke off, stalled, sent garbage, or the gateway is
 // shutting down) ends with an error event that every SSE parser sees: any
 // partial event is closed first.
-func (x *exchange) relay(ctx context.Context, cancel context.CancelFunc, resp *backends.Response, w *bufio.Writer,
-	capture *strings.Builder, keepUsage bool) {
+//
+// held, when not nil, is a cheap answer the cascade held back and passed:
+// its events go out first, then the rest of its stream is relayed live,
+// without the logprobs the gateway asked for on its own account.
+func (x *exchange) relay(ctx context.Context, cancel context.CancelFunc, resp *backends.Response, held *firstAnswer,
+	w *bufio.Writer, capture *strings.Builder, keepUsage bool) {
 	defer cancel()
 	idleFor := x.s.cfg.Timeouts.StreamIdle
 	var idleFired atomic.Bool
 	idle := time.AfterFunc(idleFor, func() { idleFired.Store(true); cancel() })
 	defer idle.Stop()
-	sc := backends.NewStreamScanner(resp.Body)
+	var sc *backends.StreamScanner
+	var ev eventState
+	strip := false
+	if held != nil {
+		sc, strip = held.sc, held.strip
+		for rest := held.held; len(rest) > 0; {
+			line := rest
+			if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+				line = rest[:i+1]
+			}
+			rest = rest[len(line):]
+			if strip {
+				line = stripEvent(line)
+			}
+			if capture != nil {
+				captureChunk(capture, line)
+			}
+			w.Write(line)
+			ev.wrote(line)
+		}
+		if len(held.held) > 0 {
+			x.rec.TTFT = x.g.now().Sub(x.start)
+		}
+	} else {
+		sc = backends.NewStreamScanner(resp.Body)
+	}
 	x.outcome = costing.OutcomeServed
 	if x.rec.Move == costing.MoveUp {
 		x.outcome = costing.OutcomeFallbackUp
@@ -36,9 +66,12 @@ func (x *exchange) relay(ctx context.Context, cancel context.CancelFunc, resp *b
 		x.outcome = costing.OutcomeDegradedDown
 	}
 	var result error
-	var ev eventState
-	first := true
-	for {
+	first := held == nil || len(held.held) == 0
+	if !first && !sc.LineReady() && w.Flush() != nil {
+		x.outcome, result = costing.OutcomeClientCancelled, context.Canceled
+		cancel()
+	}
+	for result == nil {
 		line, err := sc.Next()
 		if len(line) > 0 {
 			if capture != nil {
@@ -50,16 +83,17 @@ func (x *exchange) relay(ctx context.Context, cancel context.CancelFunc, resp *b
 				first = false
 			}
 			if keepUsage || !sc.UsageOnly {
+				if strip {
+					line = stripEvent(line)
+				}
 				w.Write(line)
 				ev.wrote(line)
 			}
 			// At the end of an event, flush unless more has already arrived.
-			if (line[0] == '\n' || line[0] == '\r') && !sc.LineReady() {
-				if ferr := w.Flush(); ferr != nil {
-					x.outcome, result = costing.OutcomeClientCancelled, context.Canceled
-					cancel() // stop the GPU working for nobody
-					break
-				}
+			if (line[0] == '\n' || line[0] == '\r') && !sc.LineReady() && w.Flush() != nil {
+				x.outcome, result = costing.OutcomeClientCancelled, context.Canceled
+				cancel() // stop the GPU working for nobody
+				break
 			}
 		}
 		if err == nil {
@@ -93,7 +127,9 @@ func (x *exchange) relay(ctx context.Context, cancel context.CancelFunc, resp *b
 			Message: msg + " (tier " + x.rec.Tier + ", request id " + x.rec.RequestID + ")"}))
 		w.WriteString("\n\n")
 		w.Flush()
-		break
+	}
+	if result == nil {
+		w.Flush() // the last events, when more had seemed to be on the way
 	}
 	if capture != nil {
 		captureText(x.span, capture.String(), sc.Usage.FinishReason)

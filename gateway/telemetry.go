@@ -159,7 +159,7 @@ type tierSets struct {
 	only     []metric.AddOption    // {cascade.tier}
 	onlyRec  []metric.RecordOption // {cascade.tier}
 	requests [costing.NumOutcomes][2][]metric.AddOption
-	moves    [3][]metric.AddOption // by costing.Move
+	moves    [3][]metric.AddOption         // by costing.Move
 	escalate map[string][]metric.AddOption // by reason
 }
 

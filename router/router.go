@@ -70,6 +70,9 @@ type Decision struct {
 	// Reason says why it escalated: "score", "alias" or "header"; "" when it
 	// did not.
 	Reason string
+	// Cascade is true when the answer of Tier (the cheapest) must be judged
+	// before it reaches the client (Policy.Judge), and escalated if doubted.
+	Cascade bool
 }
 
 // Reasons for an escalation.
@@ -95,6 +98,7 @@ const (
 type aliasPolicy struct {
 	mode      aliasMode
 	threshold float64
+	strategy  strategy
 }
 
 // Policy is a compiled routing configuration. Its settings never change after
@@ -108,6 +112,8 @@ type Policy struct {
 	large       string
 	aliases     map[string]aliasPolicy
 	allowHeader bool
+	strategy    strategy // of "auto" and aliases without a mode of their own
+	judge       judge    // the verifier threshold and hybrid band (cascade.go)
 }
 
 // Compile builds a Policy for tiers ordered cheapest first. In target-rate
@@ -115,6 +121,17 @@ type Policy struct {
 // matches c (same target, window and scorer), so a reload does not lose the
 // calibration; otherwise it starts a new one. prev may be nil.
 func Compile(c config.Routing, tiers []string, prev *Calibrator) (*Policy, error) {
+	return CompileFrom(c, tiers, &Policy{cal: prev})
+}
+
+// CompileFrom is Compile keeping every calibrator of prev (the policy being
+// replaced, may be nil) whose settings still match.
+func CompileFrom(c config.Routing, tiers []string, prevPolicy *Policy) (*Policy, error) {
+	var prev *Calibrator
+	var prevJudge *judge
+	if prevPolicy != nil {
+		prev, prevJudge = prevPolicy.cal, &prevPolicy.judge
+	}
 	if len(tiers) == 0 {
 		return nil, fmt.Errorf("router: no tiers")
 	}
@@ -130,6 +147,8 @@ func Compile(c config.Routing, tiers []string, prev *Calibrator) (*Policy, error
 		large:       tiers[len(tiers)-1],
 		aliases:     make(map[string]aliasPolicy, len(c.Aliases)),
 		allowHeader: c.AllowTierHeader,
+		strategy:    strategyOf(c.Mode),
+		judge:       compileJudge(c, prevJudge),
 	}
 	if c.TargetEscalationRate > 0 {
 		if prev.Matches(c) {
@@ -139,18 +158,21 @@ func Compile(c config.Routing, tiers []string, prev *Calibrator) (*Policy, error
 		}
 	}
 	for _, a := range c.Aliases {
-		ap := aliasPolicy{mode: modeAuto}
+		ap := aliasPolicy{mode: modeAuto, strategy: p.strategy}
 		switch a.Mode {
-		case "", "auto":
+		case "", "auto", config.ModeRoute, config.ModeCascade, config.ModeHybrid:
+			if a.Mode != "" && a.Mode != "auto" {
+				ap.strategy = strategyOf(a.Mode)
+			}
 			if a.Threshold != nil {
-				ap = aliasPolicy{mode: modeFixed, threshold: *a.Threshold}
+				ap.mode, ap.threshold = modeFixed, *a.Threshold
 			}
 		case "never":
 			ap.mode = modeNever
 		case "always":
 			ap.mode = modeAlways
 		default:
-			return nil, fmt.Errorf("router: alias %q: mode must be auto, never or always, got %q", a.Name, a.Mode)
+			return nil, fmt.Errorf("router: alias %q: mode must be auto, never, always, route, cascade or hybrid, got %q", a.Name, a.Mode)
 		}
 		p.aliases[a.Name] = ap
 	}
@@ -210,7 +232,10 @@ func (p *Policy) DryRun(model, tierHeader string, in *Input) (Decision, error) {
 }
 
 func (p *Policy) decide(model, tierHeader string, in *Input, observe bool) (Decision, error) {
-	ap := p.aliases[model] // zero value: auto
+	ap, ok := p.aliases[model]
+	if !ok {
+		ap.strategy = p.strategy
+	}
 	d := Decision{Tier: p.small, Score: p.scorer.Score(in)}
 	if p.allowHeader && tierHeader != "" {
 		for i, t := range p.tiers {
@@ -223,6 +248,23 @@ func (p *Policy) decide(model, tierHeader string, in *Input, observe bool) (Deci
 			}
 		}
 		return Decision{}, fmt.Errorf("%w %q", ErrUnknownTier, tierHeader)
+	}
+	if p.large != p.small && ap.mode != modeNever && ap.mode != modeAlways {
+		switch ap.strategy {
+		case stratCascade:
+			d.Cascade, d.Threshold = true, p.judge.threshold
+			return d, nil
+		case stratHybrid:
+			b, edge := p.judge.band(d.Score, observe)
+			d.Threshold = edge
+			switch b {
+			case 1:
+				d.Tier, d.Escalated, d.Reason = p.large, true, ReasonScore
+			case 0:
+				d.Cascade = true
+			}
+			return d, nil
+		}
 	}
 	var esc bool
 	switch ap.mode {
