@@ -11,6 +11,7 @@ import (
 var (
 	jsonContentType  = []string{"application/json"}
 	sseContentType   = []string{"text/event-stream; charset=utf-8"}
+	htmlContentType  = []string{"text/html; charset=utf-8"}
 	noCache          = []string{"no-cache"}
 	promContentType  = []string{"text/plain; version=0.0.4; charset=utf-8"}
 	noSniffHeaderVal = []string{"nosniff"}
@@ -105,15 +106,22 @@ func errorKind(status int) (typ, code string) {
 	return "invalid_request_error", "error"
 }
 
-// writeError answers with status and OpenAI's error shape.
-func writeError(w http.ResponseWriter, status int, msg string) {
+// writeError answers with status and OpenAI's error shape; param names the
+// request field at fault ("": null).
+func writeError(w http.ResponseWriter, status int, param, msg string) {
 	typ, code := errorKind(status)
-	b := make([]byte, 0, 96+len(msg))
+	b := make([]byte, 0, 96+len(param)+len(msg))
 	b = append(b, `{"error":{"message":`...)
 	b = appendString(b, msg)
 	b = append(b, `,"type":"`...)
 	b = append(b, typ...)
-	b = append(b, `","param":null,"code":"`...)
+	b = append(b, `","param":`...)
+	if param == "" {
+		b = append(b, "null"...)
+	} else {
+		b = appendString(b, param)
+	}
+	b = append(b, `,"code":"`...)
 	b = append(b, code...)
 	b = append(b, `"}}`...)
 	h := w.Header()

@@ -15,20 +15,20 @@ import (
 const maxBodyBytes = 8 << 20
 
 // request is the part of an OpenAI request the simulator reads; everything
-// else (temperature, tools, stop, n, ...) is accepted and ignored: there is
-// always exactly one choice.
+// else (temperature, tools, stop, ...) is accepted and ignored.
 type request struct {
 	Model               string    `json:"model"`
 	Messages            []message `json:"messages"`
 	Prompt              prompt    `json:"prompt"`
 	MaxTokens           *int      `json:"max_tokens"`
 	MaxCompletionTokens *int      `json:"max_completion_tokens"`
+	N                   *int      `json:"n"`
 	Stream              bool      `json:"stream"`
 	StreamOptions       struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
 	Logprobs    logprobs `json:"logprobs"`
-	TopLogprobs int      `json:"top_logprobs"`
+	TopLogprobs *int     `json:"top_logprobs"`
 }
 
 type message struct {
@@ -115,16 +115,20 @@ func (p *prompt) UnmarshalJSON(b []byte) error {
 
 // logprobs is chat's boolean or completions' integer logprobs field.
 type logprobs struct {
-	set bool
-	n   int
+	set     bool // true, or an integer
+	boolean bool // written as true or false
+	n       int
 }
 
 func (l *logprobs) UnmarshalJSON(b []byte) error {
 	switch string(b) {
-	case "null", "false":
+	case "null":
+		return nil
+	case "false":
+		l.boolean = true
 		return nil
 	case "true":
-		l.set = true
+		l.set, l.boolean = true, true
 		return nil
 	}
 	n, err := strconv.Atoi(string(b))
@@ -135,11 +139,24 @@ func (l *logprobs) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// maxChoices is the most choices (n) a request may ask for.
+const maxChoices = 16
+
+// badRequest is a request the simulator refuses, in OpenAI's error shape.
+type badRequest struct {
+	status     int
+	param, msg string
+}
+
+func invalid(param, msg string) *badRequest {
+	return &badRequest{status: http.StatusBadRequest, param: param, msg: msg}
+}
+
 var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// decode reads and checks r's body. On failure it returns the status and a
-// message for the client.
-func decode(r *http.Request, req *request, chat bool) (int, string) {
+// decode reads and checks r's body; it returns nil or what to answer. The
+// checks and their messages follow vLLM's.
+func decode(r *http.Request, req *request, chat bool) *badRequest {
 	buf := bodyPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer func() {
@@ -148,27 +165,50 @@ func decode(r *http.Request, req *request, chat bool) (int, string) {
 		}
 	}()
 	if _, err := buf.ReadFrom(io.LimitReader(r.Body, maxBodyBytes+1)); err != nil {
-		return http.StatusBadRequest, "could not read the request body: " + err.Error()
+		return invalid("", "could not read the request body: "+err.Error())
 	}
 	if buf.Len() > maxBodyBytes {
-		return http.StatusRequestEntityTooLarge, "request body is larger than " + strconv.Itoa(maxBodyBytes) + " bytes: send a shorter prompt"
+		return &badRequest{status: http.StatusRequestEntityTooLarge,
+			msg: "request body is larger than " + strconv.Itoa(maxBodyBytes) + " bytes: send a shorter prompt"}
 	}
 	if err := json.Unmarshal(buf.Bytes(), req); err != nil {
-		return http.StatusBadRequest, "request body is not valid JSON for this endpoint: " + err.Error()
+		return invalid("", "request body is not valid JSON for this endpoint: "+err.Error())
 	}
 	if chat && len(req.Messages) == 0 {
-		return http.StatusBadRequest, "'messages' is required and must be a non-empty array of {\"role\",\"content\"} objects"
+		return invalid("messages", "'messages' is required and must be a non-empty array of {\"role\",\"content\"} objects")
 	}
 	if !chat && !req.Prompt.set {
-		return http.StatusBadRequest, "'prompt' is required: a string, an array of strings or token ids"
+		return invalid("prompt", "'prompt' is required: a string, an array of strings or token ids")
 	}
-	for _, m := range []*int{req.MaxTokens, req.MaxCompletionTokens} {
-		if m != nil && *m < 1 {
-			return http.StatusBadRequest, "max_tokens must be at least 1, got " + strconv.Itoa(*m)
+	if m := req.MaxTokens; m != nil && *m < 1 {
+		return invalid("max_tokens", "max_tokens must be at least 1, got "+strconv.Itoa(*m))
+	}
+	if m := req.MaxCompletionTokens; m != nil && *m < 1 {
+		return invalid("max_completion_tokens", "max_completion_tokens must be at least 1, got "+strconv.Itoa(*m))
+	}
+	if n := req.N; n != nil && (*n < 1 || *n > maxChoices) {
+		return invalid("n", "n must be between 1 and "+strconv.Itoa(maxChoices)+", got "+strconv.Itoa(*n))
+	}
+	lp := &req.Logprobs
+	if chat {
+		if lp.set && !lp.boolean {
+			return invalid("logprobs", "logprobs must be a boolean for chat completions; ask for alternatives with top_logprobs")
 		}
+		if k := req.TopLogprobs; k != nil {
+			if *k < 0 || *k > maxTopLogprobs {
+				return invalid("top_logprobs", "top_logprobs must be between 0 and "+strconv.Itoa(maxTopLogprobs)+", got "+strconv.Itoa(*k))
+			}
+			if *k > 0 && !lp.set {
+				return invalid("top_logprobs", "when using `top_logprobs`, `logprobs` must be set to true")
+			}
+		}
+		return nil
 	}
-	if req.Logprobs.n < 0 || req.TopLogprobs < 0 || req.TopLogprobs > maxTopLogprobs || req.Logprobs.n > maxTopLogprobs {
-		return http.StatusBadRequest, "logprobs and top_logprobs must be between 0 and " + strconv.Itoa(maxTopLogprobs)
+	if lp.boolean {
+		return invalid("logprobs", "logprobs must be an integer between 0 and "+strconv.Itoa(maxTopLogprobs)+" for completions")
 	}
-	return 0, ""
+	if lp.n < 0 || lp.n > maxTopLogprobs {
+		return invalid("logprobs", "logprobs must be between 0 and "+strconv.Itoa(maxTopLogprobs)+", got "+strconv.Itoa(lp.n))
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strconv"
 	"sync"
@@ -28,15 +29,27 @@ func (s *Server) draw(seq uint64, k uint64) float64 {
 
 // gen is one request in generation.
 type gen struct {
-	plan
 	ctx          context.Context
 	timer        *time.Timer
 	arrival      time.Time
 	seq          uint64
 	created      int64
+	promptTokens int
 	logprobs     bool
 	top          int // alternatives asked for
 	includeUsage bool
+	n            int // choices
+	choices      [maxChoices]plan
+}
+
+// longest returns the length of the longest choice, total the sum.
+func (g *gen) lengths() (longest, total int) {
+	for k := range g.n {
+		t := g.choices[k].tokens
+		longest = max(longest, t)
+		total += t
+	}
+	return longest, total
 }
 
 // wait pauses for d and reports whether the request is still wanted: false
@@ -70,38 +83,79 @@ func (s *Server) wait(g *gen, d time.Duration) bool {
 	}
 }
 
-// abandon records a request that ended before its answer was complete. If
-// the client is still there the server is closing: the connection is cut.
-func (s *Server) abandon(ctx context.Context) {
-	s.cancelled.Add(1)
-	if ctx.Err() == nil {
-		panic(http.ErrAbortHandler)
+// outcome is how a request ended; end counts it.
+type outcome int
+
+const (
+	completed outcome = iota
+	// cancelled: the client went away, or the server is closing.
+	cancelled
+	// failed: an error or invalid answer was sent.
+	failed
+	// cut: the stream is to end abruptly (CloseAfter).
+	cut
+)
+
+// end counts the request's outcome in Stats. It cuts the connection of a
+// cut stream, and of a request abandoned because the server is closing.
+func (s *Server) end(ctx context.Context, o outcome, arrival time.Time) {
+	switch o {
+	case completed:
+		s.completed.Add(1)
+		s.e2e.observe(time.Since(arrival))
+	case cancelled:
+		s.cancelled.Add(1)
+		if ctx.Err() == nil {
+			panic(http.ErrAbortHandler)
+		}
+	case failed:
+		s.errors.Add(1)
+	case cut:
+		s.errors.Add(1)
+		panic(http.ErrAbortHandler) // no finish, no [DONE]
 	}
 }
 
 func (s *Server) serveCompletion(w http.ResponseWriter, r *http.Request, chat bool) {
 	arrival := time.Now()
 	s.requests.Add(1)
+	ctx := r.Context()
 	if r.Method != http.MethodPost {
-		s.errors.Add(1)
 		w.Header().Set("Allow", http.MethodPost)
-		writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed here: use POST")
+		writeError(w, http.StatusMethodNotAllowed, "", "method "+r.Method+" not allowed here: use POST")
+		s.end(ctx, failed, arrival)
 		return
 	}
 	var req request
-	if status, msg := decode(r, &req, chat); status != 0 {
-		s.errors.Add(1)
-		writeError(w, status, msg)
+	if bad := decode(r, &req, chat); bad != nil {
+		writeError(w, bad.status, bad.param, bad.msg)
+		s.end(ctx, failed, arrival)
 		return
 	}
 	seq := s.seq.Add(1)
 	f := s.faults.Load()
-	if f.errorRate > 0 && s.draw(seq, 1) < f.errorRate {
-		s.errors.Add(1)
-		writeError(w, f.errorStatus, "simulated upstream failure (sim error-rate "+strconv.FormatFloat(f.errorRate, 'g', -1, 64)+")")
+	if f.ErrorRate > 0 && s.draw(seq, 1) < f.ErrorRate {
+		if f.RetryAfter > 0 {
+			w.Header()["Retry-After"] = []string{strconv.FormatInt(int64((f.RetryAfter+time.Second-1)/time.Second), 10)}
+		}
+		writeError(w, f.ErrorStatus, "", "simulated upstream failure (sim error-rate "+strconv.FormatFloat(f.ErrorRate, 'g', -1, 64)+")")
+		s.end(ctx, failed, arrival)
 		return
 	}
-	ctx := r.Context()
+	switch f.Invalid {
+	case InvalidHTML:
+		w.Header()["Content-Type"] = htmlContentType
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, htmlPage)
+		s.end(ctx, failed, arrival)
+		return
+	case InvalidNoChoices:
+		w.Header()["Content-Type"] = jsonContentType
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, noChoicesBody)
+		s.end(ctx, failed, arrival)
+		return
+	}
 	if s.slots != nil {
 		select {
 		case s.slots <- struct{}{}:
@@ -112,31 +166,31 @@ func (s *Server) serveCompletion(w http.ResponseWriter, r *http.Request, chat bo
 				s.waiting.Add(-1)
 			case <-ctx.Done():
 				s.waiting.Add(-1)
-				s.abandon(ctx)
+				s.end(ctx, cancelled, arrival)
 				return
 			case <-s.quit:
 				s.waiting.Add(-1)
-				s.abandon(ctx)
+				s.end(ctx, cancelled, arrival)
 				return
 			}
 		}
 		defer func() { <-s.slots }()
 	}
 	g := gen{
-		plan:         s.makePlan(&req, chat),
 		ctx:          ctx,
 		arrival:      arrival,
 		seq:          seq,
 		created:      arrival.Unix(),
 		includeUsage: req.StreamOptions.IncludeUsage,
 	}
+	s.plan(&req, chat, &g)
 	if req.Logprobs.set {
 		g.logprobs = true
-		g.top = req.Logprobs.n
-		if chat {
-			g.top = req.TopLogprobs
-		} else if g.top < 1 {
-			g.top = 1
+		switch {
+		case !chat:
+			g.top = max(req.Logprobs.n, 1) // vLLM always lists the sampled token
+		case req.TopLogprobs != nil:
+			g.top = *req.TopLogprobs
 		}
 	}
 	s.running.Add(1)
@@ -146,85 +200,118 @@ func (s *Server) serveCompletion(w http.ResponseWriter, r *http.Request, chat bo
 	s.kvInUse.Add(kv)
 	defer func() { s.kvInUse.Add(-kv) }()
 
-	if f.hangRate > 0 && s.draw(seq, 2) < f.hangRate {
+	if f.HangRate > 0 && s.draw(seq, 2) < f.HangRate {
 		select {
 		case <-ctx.Done():
 		case <-s.quit:
 		}
-		s.abandon(ctx)
+		s.end(ctx, cancelled, arrival)
 		return
 	}
-	if req.Stream {
-		s.stream(w, &g, f.closeAfter, &kv)
+	var o outcome
+	if req.Stream || f.Invalid == InvalidSSE {
+		o = s.stream(w, &g, f, &kv)
+		if o == completed && !req.Stream {
+			o = failed
+		}
 	} else {
-		s.respond(w, &g, &kv)
+		o = s.respond(w, &g, f, &kv)
 	}
+	s.end(ctx, o, arrival)
 }
 
+// htmlPage is the body of InvalidHTML answers.
+const htmlPage = "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head>\n<body><h1>Welcome to nginx!</h1><p>If you see this page, the web server is working.</p></body></html>\n"
+
+// noChoicesBody is the body of InvalidNoChoices answers: vLLM's legacy
+// error object, which some servers send with a 200.
+const noChoicesBody = `{"object":"error","message":"simulated: a 200 whose body is not a completion","type":"InternalServerError","param":null,"code":500}`
+
 // respond produces a non-streaming answer.
-func (s *Server) respond(w http.ResponseWriter, g *gen, kv *int64) {
+func (s *Server) respond(w http.ResponseWriter, g *gen, f *Faults, kv *int64) outcome {
 	if !s.wait(g, s.cfg.TTFT+s.cfg.SlowStart) {
-		s.abandon(g.ctx)
-		return
+		return cancelled
 	}
 	s.ttft.observe(time.Since(g.arrival))
-	s.kvInUse.Add(int64(g.tokens))
-	*kv += int64(g.tokens)
-	if !s.wait(g, time.Duration(g.tokens-1)*s.cfg.ITL) {
-		s.abandon(g.ctx)
-		return
+	longest, total := g.lengths()
+	s.kvInUse.Add(int64(total))
+	*kv += int64(total)
+	if !s.wait(g, time.Duration(longest-1)*s.cfg.ITL) {
+		return cancelled
 	}
+	s.generationTokens.Add(int64(total))
 	bp := getBuf()
+	defer func() { putBuf(bp, *bp) }()
 	b := s.appendHead((*bp)[:0], g, false)
-	b = append(b, `[{"index":0,`...)
-	if g.chat {
-		b = append(b, `"message":{"role":"assistant","content":"`...)
-	} else {
-		b = append(b, `"text":"`...)
-	}
-	for i := 0; i < g.tokens; i++ {
-		b = append(b, g.token(i)...)
-	}
-	if g.chat {
+	b = append(b, '[')
+	for k := range g.n {
+		p := &g.choices[k]
+		if k > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"index":`...)
+		b = appendInt(b, k)
+		if p.chat {
+			b = append(b, `,"message":{"role":"assistant","content":"`...)
+		} else {
+			b = append(b, `,"text":"`...)
+		}
+		for i := 0; i < p.tokens; i++ {
+			b = append(b, p.token(i)...)
+		}
+		if p.chat {
+			b = append(b, `"}`...)
+		} else {
+			b = append(b, '"')
+		}
+		b = append(b, `,"logprobs":`...)
+		if g.logprobs {
+			b = g.appendLogprobs(b, p, 0, p.tokens, 0)
+		} else {
+			b = append(b, "null"...)
+		}
+		b = append(b, `,"finish_reason":"`...)
+		b = append(b, p.finish...)
 		b = append(b, `"}`...)
-	} else {
-		b = append(b, '"')
 	}
-	b = append(b, `,"logprobs":`...)
-	if g.logprobs {
-		b = g.appendLogprobs(b, 0, g.tokens, 0)
-	} else {
-		b = append(b, "null"...)
-	}
-	b = append(b, `,"finish_reason":"`...)
-	b = append(b, g.finish...)
-	b = append(b, `"}],"usage":`...)
-	b = g.appendUsage(b)
+	b = append(b, `],"usage":`...)
+	b = g.appendUsage(b, total)
 	b = append(b, '}')
+	*bp = b
 
+	o := completed
+	if f.Invalid == InvalidTruncated {
+		b, o = b[:len(b)/2], failed
+	}
 	h := w.Header()
 	h["Content-Type"] = jsonContentType
-	if len(b) >= 2048 { // below that net/http sets Content-Length itself
+	if len(b) >= 2048 || f.Stall > 0 { // below that net/http sets Content-Length itself
 		h["Content-Length"] = []string{strconv.Itoa(len(b))}
 	}
 	w.WriteHeader(http.StatusOK)
-	_, err := w.Write(b)
-	putBuf(bp, b)
-	s.generationTokens.Add(int64(g.tokens))
-	if err != nil {
-		s.cancelled.Add(1)
-		return
+	if f.Stall > 0 {
+		half := len(b) / 2
+		if _, err := w.Write(b[:half]); err != nil || http.NewResponseController(w).Flush() != nil {
+			return cancelled
+		}
+		if !s.wait(g, f.Stall) {
+			return cancelled
+		}
+		b = b[half:]
 	}
-	s.completed.Add(1)
-	s.e2e.observe(time.Since(g.arrival))
+	if _, err := w.Write(b); err != nil {
+		return cancelled
+	}
+	return o
 }
 
-// stream produces an SSE answer, one event per token. Headers go out with
-// the first token, so a slow start looks like a slow first byte. Events are
-// flushed whenever the next one is not due at once (and at the end): with
-// ITL > 0 that is after every token, while with no latency a whole answer
+// stream produces an SSE answer, one event per token and choice; the
+// choices advance together, as a batch would. Headers go out with the
+// first token, so a slow start looks like a slow first byte. Events are
+// flushed whenever the next ones are not due at once (and at the end): with
+// ITL > 0 that is after every step, while with no latency a whole answer
 // costs one write instead of one per token.
-func (s *Server) stream(w http.ResponseWriter, g *gen, closeAfter int, kv *int64) {
+func (s *Server) stream(w http.ResponseWriter, g *gen, f *Faults, kv *int64) outcome {
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h["Content-Type"] = sseContentType
@@ -234,7 +321,12 @@ func (s *Server) stream(w http.ResponseWriter, g *gen, closeAfter int, kv *int64
 	defer func() { putBuf(bp, b) }()
 	var head [192]byte
 	prefix := s.appendHead(head[:0], g, true)
-	offset := 0 // of the token in the text, for completions logprobs
+	var offsets [maxChoices]int // of each choice's next token in its text, for completions logprobs
+	longest, total := g.lengths()
+	stop := longest // the step after which the stream is cut
+	if f.CloseAfter > 0 {
+		stop = min(f.CloseAfter, longest)
+	}
 
 	flush := func() bool {
 		if len(b) == 0 {
@@ -245,85 +337,111 @@ func (s *Server) stream(w http.ResponseWriter, g *gen, closeAfter int, kv *int64
 		return err == nil && rc.Flush() == nil
 	}
 
-	for i := 0; i < g.tokens; i++ {
+	for i := 0; i < longest; i++ {
 		d := s.cfg.ITL
 		if i == 0 {
 			d = s.cfg.TTFT + s.cfg.SlowStart
 		}
 		if d > 0 && !flush() {
-			s.cancelled.Add(1)
-			return
+			return cancelled
 		}
 		if !s.wait(g, d) {
-			s.abandon(g.ctx)
-			return
+			return cancelled
 		}
 		if i == 0 {
 			w.WriteHeader(http.StatusOK)
 			s.ttft.observe(time.Since(g.arrival))
 		}
-		b = g.appendTokenEvent(b, prefix, i, offset)
-		offset += len(g.token(i))
-		s.generationTokens.Add(1)
-		s.kvInUse.Add(1)
-		*kv++
-		if closeAfter > 0 && (i+1 == closeAfter || i+1 == g.tokens) {
+		for k := range g.n {
+			p := &g.choices[k]
+			if i >= p.tokens {
+				continue
+			}
+			start := len(b)
+			b = g.appendTokenEvent(b, prefix, p, k, i, offsets[k])
+			if i == 0 && k == 0 && f.Invalid == InvalidTruncated {
+				// A whole event whose JSON stops halfway.
+				b = append(b[:start+(len(b)-start)/2], "\n\n"...)
+			}
+			offsets[k] += len(p.token(i))
+			s.generationTokens.Add(1)
+			s.kvInUse.Add(1)
+			*kv++
+		}
+		if f.CloseAfter > 0 && i+1 == stop {
+			if f.CutMidEvent {
+				// Half of what would have come next.
+				start := len(b)
+				if p := &g.choices[0]; i+1 < p.tokens {
+					b = g.appendTokenEvent(b, prefix, p, 0, i+1, offsets[0])
+				} else {
+					b = appendFinishEvent(b, prefix, p, 0)
+				}
+				b = b[:start+(len(b)-start)/2]
+			}
 			flush()
-			s.errors.Add(1)
-			panic(http.ErrAbortHandler) // cut the connection: no finish, no [DONE]
+			return cut
+		}
+		for k := range g.n {
+			if p := &g.choices[k]; i+1 == p.tokens {
+				b = appendFinishEvent(b, prefix, p, k)
+			}
 		}
 		if len(b) >= 16<<10 && !flush() {
-			s.cancelled.Add(1)
-			return
+			return cancelled
 		}
 	}
-
-	b = append(b, "data: "...)
-	b = append(b, prefix...)
-	if g.chat {
-		b = append(b, `[{"index":0,"delta":{},"logprobs":null,"finish_reason":"`...)
-	} else {
-		b = append(b, `[{"index":0,"text":"","logprobs":null,"finish_reason":"`...)
-	}
-	b = append(b, g.finish...)
-	b = append(b, `"}]}`+"\n\n"...)
 	if g.includeUsage {
 		b = append(b, "data: "...)
 		b = append(b, prefix...)
 		b = append(b, `[],"usage":`...)
-		b = g.appendUsage(b)
+		b = g.appendUsage(b, total)
 		b = append(b, "}\n\n"...)
 	}
 	b = append(b, "data: [DONE]\n\n"...)
 	if !flush() {
-		s.cancelled.Add(1)
-		return
+		return cancelled
 	}
-	s.completed.Add(1)
-	s.e2e.observe(time.Since(g.arrival))
+	return completed
 }
 
-// appendTokenEvent appends the SSE event carrying token i.
-func (g *gen) appendTokenEvent(b, prefix []byte, i, offset int) []byte {
-	tok := g.token(i)
+// appendFinishEvent appends the SSE event that ends choice k.
+func appendFinishEvent(b, prefix []byte, p *plan, k int) []byte {
 	b = append(b, "data: "...)
 	b = append(b, prefix...)
-	b = append(b, `[{"index":0,`...)
-	if g.chat {
+	b = append(b, `[{"index":`...)
+	b = appendInt(b, k)
+	if p.chat {
+		b = append(b, `,"delta":{},"logprobs":null,"finish_reason":"`...)
+	} else {
+		b = append(b, `,"text":"","logprobs":null,"finish_reason":"`...)
+	}
+	b = append(b, p.finish...)
+	return append(b, `"}]}`+"\n\n"...)
+}
+
+// appendTokenEvent appends the SSE event carrying token i of choice k.
+func (g *gen) appendTokenEvent(b, prefix []byte, p *plan, k, i, offset int) []byte {
+	tok := p.token(i)
+	b = append(b, "data: "...)
+	b = append(b, prefix...)
+	b = append(b, `[{"index":`...)
+	b = appendInt(b, k)
+	if p.chat {
 		if i == 0 {
-			b = append(b, `"delta":{"role":"assistant","content":"`...)
+			b = append(b, `,"delta":{"role":"assistant","content":"`...)
 		} else {
-			b = append(b, `"delta":{"content":"`...)
+			b = append(b, `,"delta":{"content":"`...)
 		}
 		b = append(b, tok...)
 		b = append(b, `"},"logprobs":`...)
 	} else {
-		b = append(b, `"text":"`...)
+		b = append(b, `,"text":"`...)
 		b = append(b, tok...)
 		b = append(b, `","logprobs":`...)
 	}
 	if g.logprobs {
-		b = g.appendLogprobs(b, i, i+1, offset)
+		b = g.appendLogprobs(b, p, i, i+1, offset)
 	} else {
 		b = append(b, "null"...)
 	}
@@ -332,16 +450,17 @@ func (g *gen) appendTokenEvent(b, prefix []byte, i, offset int) []byte {
 
 // appendHead appends the reply's fields up to and including `"choices":`.
 func (s *Server) appendHead(b []byte, g *gen, chunk bool) []byte {
-	if g.chat {
+	chat := g.choices[0].chat
+	if chat {
 		b = append(b, `{"id":"chatcmpl-sim-`...)
 	} else {
 		b = append(b, `{"id":"cmpl-sim-`...)
 	}
 	b = strconv.AppendUint(b, g.seq, 10)
 	switch {
-	case g.chat && chunk:
+	case chat && chunk:
 		b = append(b, `","object":"chat.completion.chunk","created":`...)
-	case g.chat:
+	case chat:
 		b = append(b, `","object":"chat.completion","created":`...)
 	default:
 		b = append(b, `","object":"text_completion","created":`...)
@@ -354,28 +473,30 @@ func (s *Server) appendHead(b []byte, g *gen, chunk bool) []byte {
 	return append(b, `,"choices":`...)
 }
 
-func (g *gen) appendUsage(b []byte) []byte {
+// appendUsage appends the usage object; the prompt counts once, whatever n.
+func (g *gen) appendUsage(b []byte, completion int) []byte {
 	b = append(b, `{"prompt_tokens":`...)
 	b = appendInt(b, g.promptTokens)
 	b = append(b, `,"completion_tokens":`...)
-	b = appendInt(b, g.tokens)
+	b = appendInt(b, completion)
 	b = append(b, `,"total_tokens":`...)
-	b = appendInt(b, g.promptTokens+g.tokens)
+	b = appendInt(b, g.promptTokens+completion)
 	return append(b, '}')
 }
 
-// appendLogprobs appends the logprobs object for tokens [from, to): chat's
-// {"content":[...]} or completions' parallel arrays. offset is the text
-// offset of token from (completions only).
-func (g *gen) appendLogprobs(b []byte, from, to, offset int) []byte {
-	if g.chat {
+// appendLogprobs appends the logprobs object for tokens [from, to) of
+// choice p: chat's {"content":[...]} or completions' parallel arrays.
+// offset is the text offset of token from (completions only).
+func (g *gen) appendLogprobs(b []byte, p *plan, from, to, offset int) []byte {
+	if p.chat {
 		b = append(b, `{"content":[`...)
 		for i := from; i < to; i++ {
 			if i > from {
 				b = append(b, ',')
 			}
-			tok := g.token(i)
-			b = appendChatLogprob(b, tok, g.logprob(i, 0))
+			tok := p.token(i)
+			lp, lr := p.dist(i)
+			b = appendChatLogprob(b, tok, lp)
 			b = append(b, `,"top_logprobs":[`...)
 			for j := 0; j < g.top; j++ {
 				if j > 0 {
@@ -383,9 +504,9 @@ func (g *gen) appendLogprobs(b []byte, from, to, offset int) []byte {
 				}
 				alt := tok
 				if j > 0 {
-					alt = g.alternative(i, j)
+					alt = p.alternative(i, j)
 				}
-				b = appendChatLogprob(b, alt, g.logprob(i, j))
+				b = appendChatLogprob(b, alt, lp+float64(j)*lr)
 				b = append(b, '}')
 			}
 			b = append(b, "]}"...)
@@ -399,39 +520,41 @@ func (g *gen) appendLogprobs(b []byte, from, to, offset int) []byte {
 			b = append(b, ',')
 		}
 		b = appendInt(b, off)
-		off += len(g.token(i))
+		off += len(p.token(i))
 	}
 	b = append(b, `],"token_logprobs":[`...)
 	for i := from; i < to; i++ {
 		if i > from {
 			b = append(b, ',')
 		}
-		b = appendLogprob(b, g.logprob(i, 0))
+		lp, _ := p.dist(i)
+		b = appendLogprob(b, lp)
 	}
 	b = append(b, `],"tokens":[`...)
 	for i := from; i < to; i++ {
 		if i > from {
 			b = append(b, ',')
 		}
-		b = appendString(b, g.token(i))
+		b = appendString(b, p.token(i))
 	}
 	b = append(b, `],"top_logprobs":[`...)
 	for i := from; i < to; i++ {
 		if i > from {
 			b = append(b, ',')
 		}
+		lp, lr := p.dist(i)
 		b = append(b, '{')
 		for j := 0; j < g.top; j++ {
 			if j > 0 {
 				b = append(b, ',')
 			}
 			if j == 0 {
-				b = appendString(b, g.token(i))
+				b = appendString(b, p.token(i))
 			} else {
-				b = appendString(b, g.alternative(i, j))
+				b = appendString(b, p.alternative(i, j))
 			}
 			b = append(b, ':')
-			b = appendLogprob(b, g.logprob(i, j))
+			b = appendLogprob(b, lp+float64(j)*lr)
 		}
 		b = append(b, '}')
 	}
