@@ -202,7 +202,7 @@ func (x *exchange) cascade(ctx context.Context, f *firstAnswer, large *backends.
 		return f.resp, f, nil
 	}
 	f.discard()
-	x.dec.Escalated, x.dec.Reason = true, router.ReasonConfidence
+	x.dec.Tier, x.dec.Escalated, x.dec.Reason = s.policy.Large(), true, router.ReasonConfidence
 	x.rec.Escalated, x.rec.Reason = true, router.ReasonConfidence
 	return next, nil, nil
 }
