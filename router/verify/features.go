@@ -248,6 +248,9 @@ func (p *promptFacts) has(v float64) bool {
 // without sorting (and without a buffer): bin k holds [k/4, (k+1)/4) nats.
 const nllBins = 64
 
+// entropySamples bounds the tokens whose entropy is computed.
+const entropySamples = 32
+
 func tokenFeatures(toks []Token, x *Features) {
 	if len(toks) == 0 {
 		return
@@ -272,6 +275,9 @@ func tokenFeatures(toks []Token, x *Features) {
 	var hist [nllBins]uint32
 	var sum, maxNLL, hsum float64
 	low, n, nh := 0, 0, 0
+	// Entropy costs an exp per alternative: it is averaged over at most
+	// entropySamples tokens spread evenly over the answer.
+	stride := max(1, len(toks)/entropySamples)
 	for i := range toks {
 		t := &toks[i]
 		nll := -float64(t.Logprob)
@@ -286,7 +292,7 @@ func tokenFeatures(toks []Token, x *Features) {
 		}
 		hist[min(int(nll*4), nllBins-1)]++
 		n++
-		if len(t.Top) > 1 {
+		if len(t.Top) > 1 && i%stride == 0 {
 			_, _, h := topStats(t)
 			hsum += h
 			nh++
@@ -338,9 +344,8 @@ func topStats(t *Token) (p1, p2, h float64) {
 		}
 		p := math.Exp(float64(lp))
 		mass += p
-		if p > 0 {
-			h -= p * math.Log(p)
-		}
+		h -= p * float64(lp) // p log p, with log p given
+
 		switch {
 		case p > p1:
 			p1, p2 = p, p1

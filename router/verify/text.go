@@ -19,6 +19,18 @@ const (
 
 var cues = map[string]uint8{}
 
+// cueLens[c] has bit n set when a cue word of n bytes starts with byte c:
+// most words are not cues and skip the map lookup.
+var cueLens [256]uint32
+
+// cue returns the category of a lower-cased word, 0 for none.
+func cue(w []byte) uint8 {
+	if len(w) >= 32 || cueLens[w[0]]&(1<<len(w)) == 0 {
+		return 0
+	}
+	return cues[string(w)]
+}
+
 func init() {
 	for cat, words := range map[uint8]string{
 		cueHedge:      "maybe perhaps possibly probably likely unlikely unclear unsure uncertain assume assuming assumed approximately roughly estimate guess might seems seem appears ambiguous depends however although",
@@ -29,6 +41,7 @@ func init() {
 	} {
 		for _, w := range strings.Fields(words) {
 			cues[w] = cat
+			cueLens[w[0]] |= 1 << len(w)
 		}
 	}
 }
@@ -56,7 +69,7 @@ func scanPrompt(in *router.Input, p *promptFacts) {
 	p.text = q
 	it := wordIter{s: q}
 	for w, ok := it.next(); ok; w, ok = it.next() {
-		if cues[string(w)] == cueCode {
+		if cue(w) == cueCode {
 			p.asksCode = true
 		}
 	}
@@ -73,7 +86,7 @@ func scanPrompt(in *router.Input, p *promptFacts) {
 		stem := q[p.stem.s:p.stem.e]
 		it := wordIter{s: stem}
 		for w, ok := it.next(); ok; w, ok = it.next() {
-			if cues[string(w)] == cueNegation {
+			if cue(w) == cueNegation {
 				p.negated = true
 			}
 		}
@@ -172,7 +185,7 @@ type textFacts struct {
 func scanAnswer(text string, p *promptFacts, t *textFacts) {
 	it := wordIter{s: text}
 	for w, ok := it.next(); ok; w, ok = it.next() {
-		switch cues[string(w)] {
+		switch cue(w) {
 		case cueHedge:
 			t.hedges++
 		case cueRefusal:
@@ -181,8 +194,7 @@ func scanAnswer(text string, p *promptFacts, t *textFacts) {
 			t.corrections++
 		}
 	}
-	if strings.Contains(text, "####") || strings.Contains(text, "\\boxed") ||
-		containsFold(text, "answer is") || containsFold(text, "answer:") {
+	if strings.Contains(text, "####") || strings.Contains(text, "\\boxed") || answerMarker(text) >= 0 {
 		t.marker = true
 	}
 	numbers(text, func(v float64, _, _ int) {
@@ -360,8 +372,8 @@ func chosen(text string, p *promptFacts) (int, bool) {
 	if len(s) >= 2 && isLetterChoice(s[0]) && (s[1] == ')' || s[1] == '.' || s[1] == ':' || s[1] == ' ') {
 		return int(s[0] - 'A'), false
 	}
-	if i := indexFold(text, "answer is"); i >= 0 {
-		r := strings.TrimLeft(text[i+len("answer is"):], " :(*")
+	if i := answerMarker(text); i >= 0 {
+		r := strings.TrimLeft(text[i:], " :(*")
 		if len(r) > 0 && isLetterChoice(r[0]) && (len(r) == 1 || !isAlnum(r[1])) {
 			return int(r[0] - 'A'), false
 		}
@@ -427,6 +439,29 @@ func containsWord(s string, w []byte) bool {
 		}
 	}
 	return false
+}
+
+// answerMarker finds "answer is" or "answer:" (any case) and returns the
+// index just past it, or -1.
+func answerMarker(s string) int {
+	for off := 0; ; {
+		i := strings.Index(s[off:], "nswer")
+		if i < 0 {
+			return -1
+		}
+		i += off
+		off = i + 5
+		if i == 0 || s[i-1]|0x20 != 'a' {
+			continue
+		}
+		r := s[off:]
+		switch {
+		case len(r) >= 3 && r[0] == ' ' && r[1]|0x20 == 'i' && r[2]|0x20 == 's':
+			return off + 3
+		case len(r) >= 1 && r[0] == ':':
+			return off + 1
+		}
+	}
 }
 
 func containsFold(s, sub string) bool { return indexFold(s, sub) >= 0 }
