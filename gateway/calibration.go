@@ -29,6 +29,10 @@ import (
 //	calib:instances  a set of the gateways' instance ids
 //	calib:i:{id}     one gateway's window, expiring after 3 sync periods
 //
+// The verifier's threshold in the cascade modes, when it follows
+// routing.cascade.target_escalation_rate, is shared the same way under
+// verifier:calib:instances and verifier:calib:i:{id}.
+//
 // It runs off the request path. When Redis fails, each gateway keeps
 // calibrating on its own traffic; failures are counted and logged once per
 // outage.
@@ -105,14 +109,21 @@ func newInstanceID() string {
 
 // startCalibSync starts sharing g's calibration through opts.Redis; nil when
 // the gateway has no Redis.
-func startCalibSync(g *Gateway) *calibSync {
+//
+// judge selects the verifier's calibrator (keys under "verifier:") instead
+// of the prompt threshold's.
+func startCalibSync(g *Gateway, id string, judge bool) *calibSync {
 	if g.opts.Redis == nil {
 		return nil
 	}
-	cs := newCalibSync(g.opts.Redis, newInstanceID(), g.now, func() (*router.Calibrator, string, time.Duration, bool) {
+	cs := newCalibSync(g.opts.Redis, id, g.now, func() (*router.Calibrator, string, time.Duration, bool) {
 		s := g.snap.Load()
 		c := s.cfg
-		return s.policy.Calibrator(), c.Redis.Prefix, c.Routing.Calibration.SyncEvery, config.Bool(c.Routing.Calibration.Shared, true)
+		cal, prefix := s.policy.Calibrator(), c.Redis.Prefix
+		if judge {
+			cal, prefix = s.policy.JudgeCalibrator(), prefix+"verifier:"
+		}
+		return cal, prefix, c.Routing.Calibration.SyncEvery, config.Bool(c.Routing.Calibration.Shared, true)
 	})
 	go cs.run()
 	return cs

@@ -55,6 +55,8 @@ type Gateway struct {
 	tel      *telemetry // tracer and instruments (telemetry.go)
 	ops      operator   // reloads, admin listener, scraping (admin.go)
 	calib    *calibSync // shares the routing calibration through Redis (calibration.go)
+	// judgeCalib shares the verifier's calibration in the cascade modes.
+	judgeCalib *calibSync
 	// stopping is cancelled shortly before the shutdown grace ends: what is
 	// still running then ends with an error event and a shutdown record
 	// instead of being cut by the process exit.
@@ -115,7 +117,9 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		IdleTimeout:           120 * time.Second,
 	})
 	g.routes()
-	g.calib = startCalibSync(g)
+	id := newInstanceID()
+	g.calib = startCalibSync(g, id, false)
+	g.judgeCalib = startCalibSync(g, id, true)
 	return g, nil
 }
 
@@ -146,6 +150,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	err := g.app.ShutdownWithContext(ctx)
 	g.stop()
 	g.calib.close(ctx)
+	g.judgeCalib.close(ctx)
 	if oerr := g.closeOps(ctx); err == nil {
 		err = oerr
 	}
