@@ -120,15 +120,28 @@ func skipSpace(b []byte, i int) int {
 	return i
 }
 
+// plainString marks the bytes a JSON string holds as they are: not the
+// quote, the backslash or a control character.
+var plainString = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // scanString returns the index after the string starting at b[i] == '"', or -1.
 func scanString(b []byte, i int) int {
-	for i++; i < len(b); i++ {
-		switch c := b[i]; {
-		case c == '"':
-			return i + 1
-		case c < 0x20:
+	for i++; ; i++ {
+		for i < len(b) && plainString[b[i]] {
+			i++
+		}
+		if i >= len(b) {
 			return -1
-		case c == '\\':
+		}
+		switch b[i] {
+		case '"':
+			return i + 1
+		case '\\':
 			i++
 			if i >= len(b) {
 				return -1
@@ -148,9 +161,10 @@ func scanString(b []byte, i int) int {
 			default:
 				return -1
 			}
+		default: // a control character
+			return -1
 		}
 	}
-	return -1
 }
 
 func isHex(c byte) bool {
