@@ -84,7 +84,7 @@ type SendError struct {
 func (e *SendError) Error() string {
 	msg := fmt.Sprintf("tier %q: %v", e.Tier, e.Err)
 	if e.last != "" {
-		msg += fmt.Sprintf(" (%d endpoints tried, the last: %s)", len(e.Tried), e.last)
+		msg += fmt.Sprintf(" (endpoints tried: %d; the last one: %s)", len(e.Tried), e.last)
 	}
 	return msg
 }
@@ -326,6 +326,10 @@ type Request struct {
 	// the client's first-byte timeout and at most until Deadline. The zero
 	// value sets no bound but the first-byte timeout per attempt.
 	Deadline time.Time
+	// Stream says the request asks for an SSE stream: a 2xx answer that is
+	// not text/event-stream is then an invalid answer, counted against the
+	// endpoint and retried on another.
+	Stream bool
 }
 
 // Response is a successful (2xx) upstream answer whose body is still to be
@@ -351,7 +355,9 @@ type Response struct {
 // and is logged.
 func (r *Response) Finish(err error) {
 	r.Body.Close()
-	r.cancel()
+	if r.cancel != nil {
+		r.cancel()
+	}
 	r.Endpoint.inflight.Add(-1)
 	r.att.end(r.Endpoint, err, 0)
 	if failed(err) {
@@ -362,7 +368,7 @@ func (r *Response) Finish(err error) {
 
 // Send tries endpoints of the pool until one answers 2xx, retrying on another
 // endpoint (at most retries more times) after connection errors, timeouts,
-// 502/503/504 and 429; an endpoint that answered 429 or 503 with
+// 502/503/504, 429 and (for a stream) a 2xx that is not SSE; an endpoint that answered 429 or 503 with
 // Retry-After cools down (is not picked) for that long. Each attempt waits
 // for response headers at most the client's first-byte timeout and at most
 // until req.Deadline. Every error is a *SendError, wrapping a non-retryable
@@ -410,6 +416,7 @@ func (p *Pool) Send(ctx context.Context, c *Client, req *Request, retries int) (
 			if cerr := ctx.Err(); cerr != nil { // the caller gave up: no retry
 				if errors.Is(cerr, context.DeadlineExceeded) {
 					cerr = fmt.Errorf("%w: the request's time ran out", ErrTimeout)
+					e.logFailure(cerr)
 				}
 				e.finish(done, cerr)
 				return nil, p.fail(tried, cerr, nil)
@@ -480,6 +487,8 @@ func describe(err error) string {
 		return "status " + strconv.Itoa(ue.Status)
 	case errors.Is(err, ErrTimeout):
 		return "timed out"
+	case errors.Is(err, ErrInvalidResponse):
+		return "invalid answer"
 	case errors.As(err, &errno):
 		return errno.Error()
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
@@ -523,7 +532,8 @@ const maxErrorBody = 64 << 10
 // bound) for the response headers; then the timer stops, so the body is
 // bound only to ctx and the returned cancel, which the caller must call when
 // done with the body. A non-2xx answer is returned as *UpstreamError, its
-// body read (while the timer still runs) and closed.
+// body read (while the timer still runs) and closed; a stream that is not
+// one wraps ErrInvalidResponse.
 func (c *Client) try(ctx context.Context, e *Endpoint, req *Request, wait time.Duration) (*http.Response, context.CancelFunc, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var timer *time.Timer
@@ -531,6 +541,10 @@ func (c *Client) try(ctx context.Context, e *Endpoint, req *Request, wait time.D
 		timer = time.AfterFunc(wait, cancel)
 	}
 	resp, err := c.do(ctx, e, req)
+	if err == nil && resp.StatusCode < 300 && req.Stream && !isEventStream(resp.Header.Get("Content-Type")) {
+		resp.Body.Close()
+		err = fmt.Errorf("%w: content type %q for a stream", ErrInvalidResponse, truncate([]byte(resp.Header.Get("Content-Type")), 60))
+	}
 	if err == nil && resp.StatusCode >= 300 {
 		ue := &UpstreamError{Status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After")}
 		ue.Body, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))

@@ -32,7 +32,7 @@ func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
 
 // ReadAnswer reads and checks a non-streaming answer. Each read may wait at
 // most idle for bytes (0: no bound but the request's), the body may be at
-// most max bytes, and it must be what a completion is: a JSON content type
+// most max (> 0) bytes, and it must be what a completion is: a JSON content type
 // and a JSON object, at most 128 deep, with a "choices" array. A body that
 // stalls is an error wrapping ErrTimeout; one that is not a completion, is
 // too large or breaks off wraps ErrInvalidResponse; one whose request was
@@ -107,6 +107,12 @@ func (r *Response) readError(err error, n int, idle time.Duration) error {
 		return fmt.Errorf("reading the answer: %w", context.Canceled)
 	}
 	return fmt.Errorf("%w: the answer broke off after %d bytes", ErrInvalidResponse, n)
+}
+
+// isEventStream reports whether a Content-Type is text/event-stream.
+func isEventStream(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "text/event-stream")
 }
 
 // isJSONType reports whether a Content-Type is application/json or a
