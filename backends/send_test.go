@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+	"github.com/tidwall/gjson"
 
 	"github.com/cascade-gateway/cascade/config"
 )
@@ -563,4 +564,48 @@ func TestStreamThatIsNotSSEIsRetried(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 	noAddress(t, err, plain)
+}
+
+// BenchmarkSendReadAnswer is one non-streaming completion through Send,
+// ReadAnswer and Finish over loopback: the backends package's share of a
+// request (the upstream here answers at once).
+func BenchmarkSendReadAnswer(b *testing.B) {
+	body := []byte(okAnswer)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(body)
+	}))
+	defer srv.Close()
+	cfg := config.Default()
+	cfg.Tiers = []config.Tier{{Name: "small", Endpoints: []config.Endpoint{{URL: srv.URL + "/v1", Model: "m", Weight: 1}}}}
+	c := NewClient(cfg.Timeouts)
+	defer c.CloseIdle()
+	pool := NewRegistry(c).Pools(&cfg)["small"]
+	req := chatRequest()
+	req.Deadline = time.Now().Add(time.Hour)
+	b.ReportAllocs()
+	for b.Loop() {
+		resp, err := pool.Send(context.Background(), c, req, 2)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, err = resp.ReadAnswer(30*time.Second, 64<<20)
+		resp.Finish(err)
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCheckAnswer is the check of a typical non-streaming answer.
+func BenchmarkCheckAnswer(b *testing.B) {
+	body := []byte(okAnswer)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if !validJSON(body) || !gjson.Get(view(body), "choices").IsArray() {
+			b.Fatal("invalid")
+		}
+	}
 }
