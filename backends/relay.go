@@ -44,22 +44,26 @@ func (r *Response) ReadAnswer(idle time.Duration, max int64) ([]byte, error) {
 	if r.ContentLength > max {
 		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidResponse, r.ContentLength, max)
 	}
-	var body io.Reader = r.Body
+	var idler *time.Timer
 	if idle > 0 {
-		t := time.AfterFunc(idle, func() { r.idleFired.Store(true); r.cancel() })
-		defer t.Stop()
-		body = &idleReader{r: r.Body, t: t, idle: idle}
+		idler = time.AfterFunc(idle, func() { r.idleFired.Store(true); r.cancel() })
+		defer idler.Stop()
 	}
 	size := int64(8 << 10)
 	if r.ContentLength >= 0 {
-		size = r.ContentLength + 1 // room to read the EOF without growing
+		// Room to read the EOF without growing; but what the upstream
+		// claims is not allocated before it arrives.
+		size = min(r.ContentLength+1, 1<<20)
 	}
 	b := make([]byte, 0, min(size, max+1))
 	for {
 		if len(b) == cap(b) {
 			b = slices.Grow(b, int(min(int64(cap(b)), max+1-int64(len(b)))))
 		}
-		n, err := body.Read(b[len(b):cap(b)])
+		n, err := r.Body.Read(b[len(b):cap(b)])
+		if n > 0 && idler != nil {
+			idler.Reset(idle)
+		}
 		b = b[:len(b)+n]
 		if int64(len(b)) > max {
 			return nil, fmt.Errorf("%w: more than %d bytes", ErrInvalidResponse, max)
@@ -79,21 +83,6 @@ func (r *Response) ReadAnswer(idle time.Duration, max int64) ([]byte, error) {
 		return nil, fmt.Errorf("%w: no choices array", ErrInvalidResponse)
 	}
 	return b, nil
-}
-
-// idleReader restarts the idle timer whenever bytes arrive.
-type idleReader struct {
-	r    io.Reader
-	t    *time.Timer
-	idle time.Duration
-}
-
-func (ir *idleReader) Read(p []byte) (int, error) {
-	n, err := ir.r.Read(p)
-	if n > 0 {
-		ir.t.Reset(ir.idle)
-	}
-	return n, err
 }
 
 func (r *Response) readError(err error, n int, idle time.Duration) error {
