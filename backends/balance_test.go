@@ -11,7 +11,7 @@ func testEndpoints(n int) []*Endpoint {
 	bc := config.Breaker{ConsecutiveFailures: 1, OpenFor: time.Hour, HalfOpenRequests: 1}
 	eps := make([]*Endpoint, n)
 	for i := range eps {
-		eps[i] = newEndpoint("t", config.Endpoint{URL: "http://h" + string(rune('a'+i)) + "/v1", Model: "m", Weight: 1}, bc)
+		eps[i] = newEndpoint("t", config.Endpoint{URL: "http://h" + string(rune('a'+i)) + "/v1", Model: "m", Weight: 1}, bc, nil)
 	}
 	return eps
 }

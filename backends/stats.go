@@ -1,8 +1,6 @@
 package backends
 
 import (
-	"context"
-	"errors"
 	"math"
 	"sync/atomic"
 	"time"
@@ -50,7 +48,7 @@ func (e *Endpoint) observeLatency(d time.Duration) {
 // not the endpoint's fault.
 func (e *Endpoint) observeOutcome(err error) {
 	v := 0.0
-	if err != nil && !errors.Is(err, context.Canceled) {
+	if failed(err) {
 		v = 1
 	}
 	e.errRate.add(v, errorRateAlpha, false)

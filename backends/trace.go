@@ -236,6 +236,10 @@ func errorType(err error) string {
 		return "cancelled"
 	case errors.Is(err, ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
+	case errors.Is(err, ErrInvalidResponse):
+		return "invalid_response"
+	case errors.Is(err, ErrStreamTruncated):
+		return "stream_truncated"
 	case errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
 	case errors.As(err, &ne):

@@ -151,6 +151,12 @@ type Timeouts struct {
 	FirstByte  time.Duration `yaml:"first_byte"`  // default 60s: a large prompt's prefill can be slow
 	StreamIdle time.Duration `yaml:"stream_idle"` // default 30s between two chunks
 	Total      time.Duration `yaml:"total"`       // default 10m: long generations are legitimate
+
+	// AttemptsTotal bounds the wait for response headers across every retry
+	// and fallback tier of a request; FirstByte bounds each attempt within
+	// it. Default 30s: past that a client is better told to retry than left
+	// waiting, however many endpoints were tried.
+	AttemptsTotal time.Duration `yaml:"attempts_total"`
 }
 
 // Breaker configures the per-endpoint circuit breaker.
@@ -248,6 +254,8 @@ func Default() Config {
 			FirstByte:  60 * time.Second,
 			StreamIdle: 30 * time.Second,
 			Total:      10 * time.Minute,
+
+			AttemptsTotal: 30 * time.Second,
 		},
 		Retries: 2,
 		Breaker: Breaker{ConsecutiveFailures: 5, OpenFor: 10 * time.Second, HalfOpenRequests: 1},
@@ -421,6 +429,7 @@ func (c *Config) Validate() error {
 		v    time.Duration
 	}{{"timeouts.connect", c.Timeouts.Connect}, {"timeouts.first_byte", c.Timeouts.FirstByte},
 		{"timeouts.stream_idle", c.Timeouts.StreamIdle}, {"timeouts.total", c.Timeouts.Total},
+		{"timeouts.attempts_total", c.Timeouts.AttemptsTotal},
 		{"breaker.open_for", c.Breaker.OpenFor}} {
 		if d.v <= 0 {
 			bad(d.name, "must be a positive duration, got %v", d.v)
