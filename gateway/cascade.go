@@ -112,10 +112,7 @@ func (f *firstAnswer) hold() error {
 		return err
 	}
 	if !x.req.Stream {
-		data, err := readBody(f.resp)
-		if err == nil {
-			err = checkAnswer(f.resp, data)
-		}
+		data, err := f.resp.ReadAnswer(x.s.cfg.Timeouts.StreamIdle, maxResponseBytes)
 		if err != nil {
 			return timedOut(err)
 		}

@@ -5,15 +5,13 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
-	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"time"
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
-	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 	"go.opentelemetry.io/otel/trace"
 
@@ -108,13 +106,16 @@ func (x *exchange) serve(c *fiber.Ctx, chat bool) (bool, error) {
 	}
 	hdr := http.Header{headerRequestID: {x.rec.RequestID}}
 	askUsage := req.Stream && !req.IncludeUsage
-	up := &backends.Request{Path: path, Header: hdr, Body: upstreamBody(body, askUsage)}
+	// One deadline for every first byte of the attempt chain, fallback and
+	// escalation included.
+	deadline := x.start.Add(s.cfg.Timeouts.AttemptsTotal)
+	up := &backends.Request{Path: path, Header: hdr, Body: upstreamBody(body, askUsage), Deadline: deadline, Stream: req.Stream}
 	first := up // what the router's tier is sent
 	strip := false
 	if x.dec.Cascade {
 		var cb []byte
 		cb, strip = cascadeBody(body, chat, s.cfg.Routing.Cascade.TopLogprobs)
-		first = &backends.Request{Path: path, Header: hdr, Body: upstreamBody(cb, askUsage)}
+		first = &backends.Request{Path: path, Header: hdr, Body: upstreamBody(cb, askUsage), Deadline: deadline, Stream: req.Stream}
 	}
 
 	ctx, cancel := context.WithTimeout(c.UserContext(), s.cfg.Timeouts.Total)
@@ -130,6 +131,9 @@ func (x *exchange) serve(c *fiber.Ctx, chat bool) (bool, error) {
 		}
 		if gone {
 			return false, nil
+		}
+		if ra := backends.RetryAfter(err); ra > 0 {
+			c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int((ra+time.Second-1)/time.Second)))
 		}
 		return false, writeError(c, x.failure(err))
 	}
@@ -162,10 +166,7 @@ func (x *exchange) serve(c *fiber.Ctx, chat bool) (bool, error) {
 				data = stripLogprobs(data)
 			}
 		} else {
-			data, rerr = readBody(resp)
-			if rerr == nil {
-				rerr = checkAnswer(resp, data)
-			}
+			data, rerr = resp.ReadAnswer(s.cfg.Timeouts.StreamIdle, maxResponseBytes)
 		}
 		gone := watch.stop()
 		unstop()
@@ -273,20 +274,6 @@ func (x *exchange) headers(c *fiber.Ctx) {
 	}
 }
 
-// checkAnswer accepts a non-streaming 2xx answer only if it is a JSON
-// object with a "choices" array: anything else (an HTML error page, a
-// truncated body, an event stream) is the backend's failure.
-func checkAnswer(resp *backends.Response, data []byte) error {
-	ct := resp.Header.Get(fiber.HeaderContentType)
-	if !strings.HasPrefix(ct, "application/json") {
-		return fmt.Errorf("%w: content type %q", backends.ErrInvalidResponse, ct)
-	}
-	if !gjson.ValidBytes(data) || !gjson.GetBytes(data, "choices").IsArray() {
-		return fmt.Errorf("%w: not a completion object", backends.ErrInvalidResponse)
-	}
-	return nil
-}
-
 // unknownModel is the 404 for a model name that is no alias, tier or
 // upstream model.
 func unknownModel(name string) *apiError {
@@ -297,17 +284,6 @@ func unknownModel(name string) *apiError {
 // badTierHeader is the 400 for an X-Cascade-Tier header that names no tier.
 func (s *snapshot) badTierHeader(err error) *apiError {
 	return badRequest(headerTier, "header %s: %v; use one of %s", headerTier, err, strings.Join(s.tiers, ", "))
-}
-
-// readBody reads a non-streaming answer whole, in one allocation when the
-// backend sent its length.
-func readBody(resp *backends.Response) ([]byte, error) {
-	if n := resp.ContentLength; n >= 0 && n <= maxResponseBytes {
-		b := make([]byte, n)
-		_, err := io.ReadFull(resp.Body, b)
-		return b, err
-	}
-	return io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 }
 
 // upstreamBody returns a builder of the bytes sent to an endpoint: the
