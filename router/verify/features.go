@@ -300,11 +300,11 @@ func tokenFeatures(toks []Token, x *Features) {
 
 	var hist [nllBins]uint32
 	var sum, rsum, maxNLL, hsum, msum float64
-	low, n, nh := 0, 0, 0
+	low, nh := 0, 0
 	// Entropy costs an exp per alternative: it is averaged over at most
 	// entropySamples tokens spread evenly over the answer.
 	stride := max(1, len(toks)/entropySamples)
-	for i := range toks {
+	for i, next := 0, 0; i < len(toks); i++ {
 		t := &toks[i]
 		nll := -float64(t.Logprob)
 		if !(nll >= 0) { // NaN or a positive logprob
@@ -312,20 +312,29 @@ func tokenFeatures(toks []Token, x *Features) {
 		}
 		nll = min(nll, 30)
 		sum += nll
-		rsum += nllRisk(nll)
 		maxNLL = max(maxNLL, nll)
 		if nll > math.Ln2 {
 			low++
 		}
-		hist[min(int(nll*nllRes), nllBins-1)]++
-		n++
-		if i%stride == 0 { // without alternatives, from the token's own probability
+		// 1 − p by interpolation in riskTable, from the histogram's bin.
+		f := nll * nllRes
+		k := int(f)
+		if k < nllBins {
+			rsum += riskTable[k] + (f-float64(k))*(riskTable[k+1]-riskTable[k])
+			hist[k]++
+		} else {
+			rsum += -math.Expm1(-nll)
+			hist[nllBins-1]++
+		}
+		if i == next { // without alternatives, from the token's own probability
+			next += stride
 			p1, p2, h := topStats(t)
 			hsum += h
 			msum += p1 - p2
 			nh++
 		}
 	}
+	n := len(toks)
 	x[fMeanNLL] = float32(sum / float64(n))
 	x[fMeanRisk] = float32(rsum / float64(n))
 	x[fMinNLL] = float32(maxNLL)
