@@ -46,6 +46,12 @@ func TestScoreProseFollowsTokenConfidence(t *testing.T) {
 		sure := v.Score(in, proseAnswer(n, 0.95, 0.03))
 		doubt := v.Score(in, proseAnswer(n, 0.3, 0.9))
 		plain := v.Score(in, &Answer{Text: proseAnswer(n, 0.5, 0.5).Text, FinishReason: "stop"})
+		// A sure first token does not make a doubtful body confident.
+		body := proseAnswer(n, 0.3, 0.9)
+		body.Tokens[0] = proseAnswer(1, 0.95, 0.03).Tokens[0]
+		if s := v.Score(in, body); s-sure < 0.2 {
+			t.Errorf("%d tokens: sure first token, flat body scores %.3f against %.3f all sure: the body must count", n, s, sure)
+		}
 		t.Logf("%d tokens: confident %.3f, flat %.3f, text only %.3f", n, sure, doubt, plain)
 		if sure >= 0.5 {
 			t.Errorf("%d tokens: confident prose scores %.3f, want < 0.5", n, sure)
