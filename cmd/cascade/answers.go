@@ -42,7 +42,7 @@ func runTrainAnswers(args []string) error {
 	fs.Var(&data, "answers", "labelled answers JSONL (repeatable): {id, source, prompt, weak, strong, small: {text, top_logprobs, finish_reason}}")
 	out := fs.String("out", "verifier.json", "where to write the verifier model")
 	seed := fs.Int64("seed", 1, "seed of the train/validation split (by prompt hash)")
-	label := fs.String("label", verify.LabelGain, "training target: gain or weak_wrong")
+	label := fs.String("label", verify.DefaultLabel, "training target: weak_wrong (the score is the chance of a wrong answer) or gain")
 	l2 := fs.Float64("l2", verify.DefaultL2, "ridge penalty on the standardised weights")
 	all := fs.Bool("all", false, "train on every row (no validation half)")
 	cv := fs.Int("cv", 0, "instead of training, cross-validate labels and penalties with this many folds inside the training half")
@@ -122,7 +122,7 @@ func crossValidate(w io.Writer, rows []verify.Row, k int, seed int64) error {
 	}
 	fmt.Fprintf(w, " %10s\n", "mixed")
 	fold := func(r *verify.Row) int { return int(foldHash(r.Prompt, seed) % uint64(k)) }
-	for _, label := range []string{verify.LabelGain, verify.LabelWeakWrong} {
+	for _, label := range []string{verify.LabelWeakWrong, verify.LabelGain} {
 		for _, l2 := range []float64{0.3, 1, 3, 10, 30} {
 			scores := make([]float64, len(rows))
 			for f := 0; f < k; f++ {

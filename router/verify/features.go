@@ -30,6 +30,9 @@ const (
 	fQ10NLL
 	fLowShare
 	fMeanEntropy
+	fMeanMargin
+	fMeanRisk
+	fQ10Risk
 	// Text.
 	fAnswerLen
 	fAnswerLenChoice
@@ -82,7 +85,7 @@ const (
 var featureNames = [NumFeatures]string{
 	"prompt_len", "prompt_numbers", "options", "negated_stem", "asks_code",
 	"format_choice", "format_code", "format_math", "format_prose", "has_logprobs",
-	"first_token_risk", "first_token_margin", "first_token_entropy", "mean_nll", "min_nll", "q10_nll", "low_conf_share", "mean_entropy",
+	"first_token_risk", "first_token_margin", "first_token_entropy", "mean_nll", "min_nll", "q10_nll", "low_conf_share", "mean_entropy", "mean_margin", "mean_risk", "q10_risk",
 	"answer_len", "answer_len_choice", "answer_len_code", "answer_len_math", "len_ratio", "lines", "truncated", "cut_off",
 	"hedges", "refusal", "self_correction", "repeated_lines", "answer_asks",
 	"no_choice", "invalid_choice", "choice_by_text", "choice_rel_len", "choice_longest", "choice_shortest", "choice_overlap", "choice_position", "choice_all_none",
@@ -245,10 +248,33 @@ func (p *promptFacts) has(v float64) bool {
 // ---- token confidence ----
 
 // nllBins is a histogram of token negative log-likelihoods for quantiles
-// without sorting (and without a buffer): bin k holds [k/4, (k+1)/4) nats.
-const nllBins = 64
+// without sorting (and without a buffer): bin k holds [k, k+1) / nllRes
+// nats, the last everything above.
+const (
+	nllRes  = 16
+	nllBins = 8 * nllRes
+)
 
-// entropySamples bounds the tokens whose entropy is computed.
+// riskTable[k] is 1 − exp(−k/nllRes): a token's risk (1 − its probability)
+// from its NLL by linear interpolation, without an exp per token.
+var riskTable = func() (t [nllBins + 1]float64) {
+	for k := range t {
+		t[k] = -math.Expm1(-float64(k) / nllRes)
+	}
+	return t
+}()
+
+// nllRisk returns 1 − exp(−nll) for nll in [0, 30], within 2e-4.
+func nllRisk(nll float64) float64 {
+	f := nll * nllRes
+	k := int(f)
+	if k >= nllBins {
+		return -math.Expm1(-nll)
+	}
+	return riskTable[k] + (f-float64(k))*(riskTable[k+1]-riskTable[k])
+}
+
+// entropySamples bounds the tokens whose entropy and margin are computed.
 const entropySamples = 32
 
 func tokenFeatures(toks []Token, x *Features) {
@@ -273,12 +299,12 @@ func tokenFeatures(toks []Token, x *Features) {
 	x[fFirstEntropy] = float32(h)
 
 	var hist [nllBins]uint32
-	var sum, maxNLL, hsum float64
-	low, n, nh := 0, 0, 0
+	var sum, rsum, maxNLL, hsum, msum float64
+	low, nh := 0, 0
 	// Entropy costs an exp per alternative: it is averaged over at most
 	// entropySamples tokens spread evenly over the answer.
 	stride := max(1, len(toks)/entropySamples)
-	for i := range toks {
+	for i, next := 0, 0; i < len(toks); i++ {
 		t := &toks[i]
 		nll := -float64(t.Logprob)
 		if !(nll >= 0) { // NaN or a positive logprob
@@ -290,28 +316,42 @@ func tokenFeatures(toks []Token, x *Features) {
 		if nll > math.Ln2 {
 			low++
 		}
-		hist[min(int(nll*4), nllBins-1)]++
-		n++
-		if len(t.Top) > 1 && i%stride == 0 {
-			_, _, h := topStats(t)
+		// 1 − p by interpolation in riskTable, from the histogram's bin.
+		f := nll * nllRes
+		k := int(f)
+		if k < nllBins {
+			rsum += riskTable[k] + (f-float64(k))*(riskTable[k+1]-riskTable[k])
+			hist[k]++
+		} else {
+			rsum += -math.Expm1(-nll)
+			hist[nllBins-1]++
+		}
+		if i == next { // without alternatives, from the token's own probability
+			next += stride
+			p1, p2, h := topStats(t)
 			hsum += h
+			msum += p1 - p2
 			nh++
 		}
 	}
+	n := len(toks)
 	x[fMeanNLL] = float32(sum / float64(n))
+	x[fMeanRisk] = float32(rsum / float64(n))
 	x[fMinNLL] = float32(maxNLL)
 	// The 90th percentile of NLL is the 10 % quantile of the logprobs.
 	want, acc := uint32(math.Ceil(0.1*float64(n))), uint32(0)
 	for k := nllBins - 1; k >= 0; k-- {
 		acc += hist[k]
 		if acc >= want {
-			x[fQ10NLL] = float32(k) / 4
+			q := float64(k) / nllRes
+			x[fQ10NLL], x[fQ10Risk] = float32(q), float32(nllRisk(q))
 			break
 		}
 	}
 	x[fLowShare] = float32(low) / float32(n)
 	if nh > 0 {
 		x[fMeanEntropy] = float32(hsum / float64(nh))
+		x[fMeanMargin] = float32(msum / float64(nh))
 	}
 }
 

@@ -1,6 +1,9 @@
 package verify
 
-import "math"
+import (
+	"math"
+	"strings"
+)
 
 // numbers calls f with the value and byte span of each number in s: digits
 // with optional thousands commas and decimals, negative after a lone '-'.
@@ -86,7 +89,12 @@ func init() {
 // annotations "<<a*b=c>>") and counts those whose two sides differ.
 func equations(s string, t *textFacts) {
 	for i := 1; i+1 < len(s); i++ {
-		if s[i] != '=' || s[i-1] == '=' || s[i+1] == '=' || s[i-1] == '<' || s[i-1] == '>' || s[i-1] == '!' {
+		e := strings.IndexByte(s[i:len(s)-1], '=')
+		if e < 0 {
+			return
+		}
+		i += e
+		if s[i-1] == '=' || s[i+1] == '=' || s[i-1] == '<' || s[i-1] == '>' || s[i-1] == '!' {
 			continue
 		}
 		j := i

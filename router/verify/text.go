@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"encoding/binary"
 	"math"
 	"strings"
 
@@ -406,20 +407,22 @@ type wordIter struct {
 func (w *wordIter) next() ([]byte, bool) {
 	s := w.s
 	for w.i < len(s) {
+		// Skip to the next word byte, then copy the word lower-cased.
+		for w.i < len(s) && lowerAlnum[s[w.i]] == 0 {
+			w.i++
+		}
 		n := 0
 		for ; w.i < len(s); w.i++ {
 			c := s[w.i]
-			lc := c | 0x20
-			word := (lc >= 'a' && lc <= 'z') || isDigit(c) ||
-				((c == '\'' || c == '-') && n > 0 && w.i+1 < len(s) && isAlnum(s[w.i+1]))
-			if !word {
-				break
-			}
-			if c >= 'A' && c <= 'Z' {
-				c = lc
+			lc := lowerAlnum[c]
+			if lc == 0 {
+				if !((c == '\'' || c == '-') && n > 0 && w.i+1 < len(s) && lowerAlnum[s[w.i+1]] != 0) {
+					break
+				}
+				lc = c
 			}
 			if n < len(w.buf) {
-				w.buf[n] = c
+				w.buf[n] = lc
 			}
 			n++
 		}
@@ -430,6 +433,18 @@ func (w *wordIter) next() ([]byte, bool) {
 	}
 	return nil, false
 }
+
+// lowerAlnum maps ASCII letters to lower case and digits to themselves;
+// every other byte to 0.
+var lowerAlnum = func() (t [256]byte) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = byte(c)
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = byte(c), byte(c)
+	}
+	return t
+}()
 
 func containsWord(s string, w []byte) bool {
 	it := wordIter{s: s}
@@ -488,7 +503,13 @@ func indexFold(s, sub string) int {
 }
 
 func lineHash(s string) uint64 {
-	h := uint64(14695981039346656037)
+	// Eight bytes a step: repeated lines are what it must find, and long
+	// lines are common.
+	h := uint64(14695981039346656037) ^ uint64(len(s))
+	for ; len(s) >= 8; s = s[8:] {
+		h = (h ^ binary.LittleEndian.Uint64([]byte(s[:8]))) * 0x9e3779b97f4a7c15
+		h ^= h >> 29
+	}
 	for i := 0; i < len(s); i++ {
 		h ^= uint64(s[i])
 		h *= 1099511628211

@@ -214,15 +214,21 @@ func Split(rows []Row, seed int64) (train, val []Row) {
 
 // Labels the verifier can be trained to predict.
 const (
-	// LabelGain is the expected gain of escalating, (strong − weak + 1) / 2.
-	LabelGain = "gain"
-	// LabelWeakWrong is 1 when the small model is wrong.
+	// LabelWeakWrong is 1 when the small model is wrong: the score is then
+	// the probability of a wrong answer, and 0.5 the point where a wrong
+	// answer becomes the likelier outcome.
 	LabelWeakWrong = "weak_wrong"
+	// LabelGain is the expected gain of escalating, (strong − weak + 1) / 2.
+	// It ranks by what escalating recovers, but its scale sits around 0.5
+	// whatever the answer, so a fixed threshold means little.
+	LabelGain = "gain"
+	// DefaultLabel is the built-in model's target.
+	DefaultLabel = LabelWeakWrong
 )
 
 // TrainOptions configure Train. Zero values take the defaults.
 type TrainOptions struct {
-	// Label is the target: LabelGain (default) or LabelWeakWrong.
+	// Label is the target: LabelWeakWrong (default) or LabelGain.
 	Label string
 	// L2 is the ridge penalty on the standardised weights, relative to the
 	// (source-balanced) training weight of 1 per row. 0 means DefaultL2.
@@ -232,17 +238,32 @@ type TrainOptions struct {
 	// Drop lists features to leave out (weight forced to 0).
 	Drop []int
 	// MinClassRows is the least number of training rows an answer class
-	// needs for its own weights; fewer and the pooled model scores it.
-	// 0 means 150.
+	// (and the confidence model) needs for its own weights; fewer and the
+	// pooled model scores it. 0 means 150.
 	MinClassRows int
+	// LogprobTextWeight scales the text evidence of a class fitted without
+	// logprobs when the answer carries them; no training data can set it
+	// (no class has both kinds of answer). 0 means DefaultLogprobTextWeight;
+	// a negative value means 0.
+	LogprobTextWeight float64
 }
 
 // DefaultL2 is the ridge penalty, chosen by cross-validation inside the
 // training half (cascade train --answers --cv).
 const DefaultL2 = 10.0
 
+// DefaultLogprobTextWeight halves the text evidence of a class fitted
+// without logprobs when the answer has them: text and token confidence
+// overlap (a hedging answer is also a low-probability one), and counting
+// both in full would double the evidence.
+const DefaultLogprobTextWeight = 0.5
+
 // Train fits the verifier by L2-regularised logistic regression (Newton's
-// method, deterministic) with every source weighted equally.
+// method, deterministic) with every source weighted equally: first the
+// confidence model on the rows with logprobs, then one text model per
+// answer class with enough rows, and the pooled text model, preferably on
+// rows without logprobs. A text model fitted on rows with logprobs takes
+// the confidence part as a fixed offset: its weights are what the text adds.
 func Train(rows []Row, opt TrainOptions) (*Verifier, error) {
 	if len(rows) == 0 {
 		return nil, errors.New("verify: no training rows")
@@ -256,9 +277,17 @@ func Train(rows []Row, opt TrainOptions) (*Verifier, error) {
 	if opt.MinClassRows <= 0 {
 		opt.MinClassRows = 150
 	}
+	switch {
+	case opt.LogprobTextWeight == 0:
+		opt.LogprobTextWeight = DefaultLogprobTextWeight
+	case opt.LogprobTextWeight < 0:
+		opt.LogprobTextWeight = 0
+	case opt.LogprobTextWeight > 1:
+		opt.LogprobTextWeight = 1
+	}
 	lab := opt.Label
 	if lab == "" {
-		lab = LabelGain
+		lab = DefaultLabel
 	}
 	if lab != LabelGain && lab != LabelWeakWrong {
 		return nil, fmt.Errorf("verify: unknown label %q", lab)
@@ -266,93 +295,161 @@ func Train(rows []Row, opt TrainOptions) (*Verifier, error) {
 	X := FeatureMatrix(rows)
 	n, d := len(rows), NumFeatures
 	y := make([]float64, n)
+	var lp, text []int // rows with and without logprobs
 	for i, r := range rows {
 		if lab == LabelGain {
 			y[i] = float64(r.Strong-r.Weak+1) / 2
 		} else {
 			y[i] = float64(1 - r.Weak)
 		}
+		if X[i][fHasLogprobs] == 1 {
+			lp = append(lp, i)
+		} else {
+			text = append(text, i)
+		}
 	}
-	w := SourceWeights(rows)
-	// Standardise with the weighted mean and deviation.
+	// Standardise with the source-weighted mean and deviation: the token
+	// features over the rows that have them, the rest over all rows.
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
 	mean, scale := make([]float64, d), make([]float64, d)
-	var W float64
-	for i := range n {
-		W += w[i]
-		for j := range d {
-			mean[j] += w[i] * float64(X[i][j])
-		}
-	}
-	for j := range d {
-		mean[j] /= W
-	}
-	for i := range n {
-		for j := range d {
-			dv := float64(X[i][j]) - mean[j]
-			scale[j] += w[i] * dv * dv
-		}
-	}
 	drop := make([]bool, d)
 	for _, j := range opt.Drop {
 		if j >= 0 && j < d {
 			drop[j] = true
 		}
 	}
+	byGroup := map[int][]int{}
+	for i := range n {
+		gs := groups(&X[i])
+		for g := range 8 {
+			if gs&(1<<g) != 0 {
+				byGroup[g] = append(byGroup[g], i)
+			}
+		}
+	}
 	for j := range d {
-		scale[j] = math.Sqrt(scale[j] / W)
+		idx := all
+		switch g := groupOf(j); {
+		case isConfidence(j) || j == fMinNLL:
+			idx = lp
+		case j == fFmtProse:
+			// Prose is the format of what fits no other: its own
+			// intercept needs the rows a class needs.
+			if len(byGroup[groupProse]) < opt.MinClassRows {
+				drop[j] = true
+			}
+		case j == fFmtChoice || j == fFmtMath || j == fFmtCode:
+			// One-hots: standardised over all rows, they shift the
+			// intercept of their own format.
+		case g != groupAny:
+			idx = byGroup[g] // centred on the answers it describes
+		}
+		mean[j], scale[j] = moments(X, rows, idx, j)
 		if scale[j] < 1e-6 {
 			scale[j], drop[j] = 1, true
 		}
+		mean[j], scale[j] = round6(mean[j]), round6(scale[j])
 	}
 	Z := make([][]float64, n)
 	for i := range n {
-		z := make([]float64, d+1)
+		z := make([]float64, d)
+		gs := groups(&X[i])
 		for j := range d {
+			if gs&(1<<featureGroup[j]) == 0 {
+				continue
+			}
 			if !drop[j] {
-				z[j] = (float64(X[i][j]) - mean[j]) / scale[j]
+				z[j] = min(max((float64(X[i][j])-mean[j])/scale[j], -zClip), zClip)
 			}
 		}
-		z[d] = 1 // bias
 		Z[i] = z
 	}
 	f := modelFile{
-		Format:   ModelFormat,
-		Features: FeatureNames(),
-		Mean:     make([]float64, d),
-		Scale:    make([]float64, d),
+		Format:            ModelFormat,
+		Features:          FeatureNames(),
+		Mean:              mean,
+		Scale:             scale,
+		LogprobTextWeight: opt.LogprobTextWeight,
 	}
-	for j := range d {
-		f.Mean[j], f.Scale[j] = round6(mean[j]), round6(scale[j])
+	offset := make([]float64, n)
+	if len(lp) >= opt.MinClassRows {
+		// Two stages: the chosen tokens' probabilities first, then what
+		// the alternatives add to them. How many alternatives a backend
+		// returns varies (top_logprobs 0 to 20), and the statistics of
+		// the alternatives vary with it: fitted together with the chosen
+		// tokens' on one-token answers, where both say nearly the same,
+		// they would take the chosen tokens' weight, and a backend that
+		// returns fewer alternatives would look confident.
+		beta, err := fit(Z, y, rows, lp, nil, func(j int) bool { return isConfidence(j) && !isAlternatives(j) && !drop[j] }, confidenceSign, opt)
+		if err != nil {
+			return nil, err
+		}
+		first := make([]float64, n)
+		for _, i := range lp {
+			first[i] = beta[d]
+			for j := range d {
+				first[i] += beta[j] * Z[i][j]
+			}
+		}
+		alt, err := fit(Z, y, rows, lp, first, func(j int) bool { return isAlternatives(j) && !drop[j] }, confidenceSign, opt)
+		if err != nil {
+			return nil, err
+		}
+		c := &confModel{Rows: len(lp), Weights: make([]float64, d), Bias: round6(beta[d] + alt[d])}
+		for j := range c.Weights {
+			c.Weights[j] = round6(beta[j] + alt[j])
+		}
+		// Center: the logit of the mean risk of the rows with logprobs.
+		var sy, sw float64
+		w := SourceWeights(subset(rows, lp))
+		for k, i := range lp {
+			sy += w[k] * y[i]
+			sw += w[k]
+		}
+		p := min(max(sy/sw, 1e-3), 1-1e-3)
+		c.Center = round6(math.Log(p / (1 - p)))
+		f.Confidence = c
+		for _, i := range lp {
+			o := c.Bias - c.Center
+			for j, wj := range c.Weights {
+				o += wj * Z[i][j]
+			}
+			offset[i] = o
+		}
 	}
+	isTextFeature := func(j int) bool { return isText(j) && !drop[j] }
 	// The pooled model, then one per class with enough rows.
 	for c := range numClasses {
 		var idx []int
-		for i := range n {
-			if c == classAll || classOf(&X[i]) == c {
-				idx = append(idx, i)
+		switch {
+		case c != classAll:
+			for i := range n {
+				if classOf(&X[i]) == c {
+					idx = append(idx, i)
+				}
 			}
+			if len(idx) < opt.MinClassRows {
+				continue
+			}
+		case len(text) >= opt.MinClassRows:
+			idx = text
+		default:
+			idx = all
 		}
-		if c != classAll && len(idx) < opt.MinClassRows {
-			continue
-		}
-		// Weight the class's sources equally, as the pool does.
-		sub := make([]Row, len(idx))
-		for k, i := range idx {
-			sub[k] = rows[i]
-		}
-		sw := SourceWeights(sub)
-		zs, ys := make([][]float64, len(idx)), make([]float64, len(idx))
-		for k, i := range idx {
-			zs[k], ys[k] = Z[i], y[i]
-		}
-		beta, err := newton(zs, ys, sw, opt.L2, opt.Iters)
+		beta, err := fit(Z, y, rows, idx, offset, isTextFeature, anySign, opt)
 		if err != nil {
 			return nil, err
 		}
 		m := classModel{Class: classNames[c], Rows: len(idx), Weights: make([]float64, d), Bias: round6(beta[d])}
 		for j := range d {
-			if !drop[j] {
-				m.Weights[j] = round6(beta[j])
+			m.Weights[j] = round6(beta[j])
+		}
+		for _, i := range idx {
+			if X[i][fHasLogprobs] == 1 && f.Confidence != nil {
+				m.Logprobs = true
 			}
 		}
 		f.Models = append(f.Models, m)
@@ -366,9 +463,121 @@ func Train(rows []Row, opt TrainOptions) (*Verifier, error) {
 	return Parse(b)
 }
 
+// moments returns the source-weighted mean and deviation of feature j over
+// the rows at idx (0 and 0 for none).
+func moments(X []Features, rows []Row, idx []int, j int) (mean, dev float64) {
+	if len(idx) == 0 {
+		return 0, 0
+	}
+	w := SourceWeights(subset(rows, idx))
+	var W float64
+	for k, i := range idx {
+		W += w[k]
+		mean += w[k] * float64(X[i][j])
+	}
+	mean /= W
+	for k, i := range idx {
+		dv := float64(X[i][j]) - mean
+		dev += w[k] * dv * dv
+	}
+	return mean, math.Sqrt(dev / W)
+}
+
+func subset(rows []Row, idx []int) []Row {
+	out := make([]Row, len(idx))
+	for k, i := range idx {
+		out[k] = rows[i]
+	}
+	return out
+}
+
+// fit fits a logistic regression on the rows at idx over the features use
+// keeps, with the rows' sources weighted equally and offset (nil: none)
+// added to each row's logit. While a weight comes out against the sign
+// sign(j) gives its feature (0: any), the most contrary feature is left out
+// and the rest refitted. It returns NumFeatures weights (0 for the features
+// left out) and the bias last.
+func fit(Z [][]float64, y []float64, rows []Row, idx []int, offset []float64, use func(int) bool, sign func(int) float64, opt TrainOptions) ([]float64, error) {
+	w := SourceWeights(subset(rows, idx))
+	offs, ys := make([]float64, len(idx)), make([]float64, len(idx))
+	for k, i := range idx {
+		ys[k] = y[i]
+		if offset != nil {
+			offs[k] = offset[i]
+		}
+	}
+	keep := make([]bool, NumFeatures)
+	for j := range keep {
+		keep[j] = use(j)
+	}
+	for {
+		var cols []int
+		for j, ok := range keep {
+			if ok {
+				cols = append(cols, j)
+			}
+		}
+		zs := make([][]float64, len(idx))
+		for k, i := range idx {
+			z := make([]float64, len(cols)+1)
+			for c, j := range cols {
+				z[c] = Z[i][j]
+			}
+			z[len(cols)] = 1 // bias
+			zs[k] = z
+		}
+		beta, err := newton(zs, ys, w, offs, opt.L2, opt.Iters)
+		if err != nil {
+			return nil, err
+		}
+		worst, wc := -1, 0.0
+		for c, j := range cols {
+			if v := sign(j) * beta[c]; v < wc {
+				worst, wc = j, v
+			}
+		}
+		if worst >= 0 {
+			keep[worst] = false
+			continue
+		}
+		out := make([]float64, NumFeatures+1)
+		for c, j := range cols {
+			out[j] = beta[c]
+		}
+		out[NumFeatures] = beta[len(cols)]
+		return out, nil
+	}
+}
+
+// isAlternatives reports whether token feature j is computed from the
+// alternatives (top_logprobs) rather than the chosen tokens alone.
+func isAlternatives(j int) bool {
+	switch j {
+	case fFirstMargin, fFirstEntropy, fMeanEntropy, fMeanMargin:
+		return true
+	}
+	return false
+}
+
+// confidenceSign is the direction in which each token-confidence feature
+// may move the risk: less confidence never lowers it. Fitted on one-token
+// answers, where the first token's and the answer's statistics coincide,
+// an unconstrained fit trades correlated features against each other, and
+// such a trade would not hold on long answers, where they differ.
+func confidenceSign(j int) float64 {
+	switch j {
+	case fFirstMargin, fMeanMargin:
+		return -1
+	}
+	return 1
+}
+
+func anySign(int) float64 { return 0 }
+
 // newton fits weighted, L2-regularised logistic regression with soft labels
-// y by Newton's method; the last column of Z is the (unpenalised) bias.
-func newton(Z [][]float64, y, w []float64, l2 float64, iters int) ([]float64, error) {
+// y and a fixed offset per row by Newton's method; the last column of Z is
+// the (unpenalised) bias.
+func newton(Z [][]float64, y, w, offset []float64, l2 float64, iters int) ([]float64, error) {
 	d := len(Z[0]) - 1
 	beta := make([]float64, d+1)
 	H := make([][]float64, d+1)
@@ -382,7 +591,7 @@ func newton(Z [][]float64, y, w []float64, l2 float64, iters int) ([]float64, er
 		}
 		clear(g)
 		for i := range Z {
-			var zb float64
+			zb := offset[i]
 			for j, v := range Z[i] {
 				zb += v * beta[j]
 			}
