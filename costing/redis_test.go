@@ -1,13 +1,17 @@
 package costing
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -192,6 +196,7 @@ func TestRecorderDropsWhenQueueFull(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	logs := captureLogs(t)
 	r := NewRedisRecorder(recorderClient(t, addr), "test:", config.Recorder{QueueSize: 10, BatchSize: 1, FlushInterval: 10 * time.Millisecond})
 	const n = 200
 	for i := 0; i < n; i++ {
@@ -199,14 +204,24 @@ func TestRecorderDropsWhenQueueFull(t *testing.T) {
 	}
 	st := r.Stats()
 	// At most the queue, the batch being built and one per writer were
-	// accepted.
-	if st.Dropped < n-10-1-writers {
+	// accepted; at least the queue.
+	if st.Dropped < n-10-1-writers || st.Dropped > n-10 {
 		t.Fatalf("dropped %d of %d with a queue of 10", st.Dropped, n)
 	}
+	waitFor(t, "retries", func() bool { return r.Stats().Errors >= 4 })
+	if got := r.Stats().Dropped; got != st.Dropped {
+		t.Fatalf("queued records dropped while retrying: %d, then %d", st.Dropped, got)
+	}
+	// Close's deadline ends the retries: what is left is counted.
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	r.Close(ctx)
-	<-r.done
+	start := time.Now()
+	if err := r.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close: %v, want the deadline", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Close took %v with a 300ms deadline", d)
+	}
 	st = r.Stats()
 	if st.Written != 0 || st.Dropped != n || st.Queued != 0 || st.Errors == 0 {
 		t.Fatalf("after close: %+v; want all %d dropped, flush errors counted", st, n)
@@ -214,6 +229,59 @@ func TestRecorderDropsWhenQueueFull(t *testing.T) {
 	r.Record(Record{}) // after Close: counted, not queued
 	if r.Stats().Dropped != n+1 {
 		t.Fatalf("record after close not counted")
+	}
+	if lost := logs.find(msgLost); len(lost) != 1 || lost[0]["err"] == nil || lost[0]["queue_size"] != int64(10) {
+		t.Fatalf("lost lines %v, want one with err and queue_size", lost)
+	}
+	if back := logs.find(msgBack); len(back) != 0 {
+		t.Fatalf("back lines %v while Redis never answered", back)
+	}
+}
+
+// Close with a deadline writes what it can and counts the rest; a batch in
+// flight at the deadline may be in Redis although counted as dropped.
+func TestRecorderCloseDeadlineCountsTheRest(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	const n = 100_000
+	r := NewRedisRecorder(recorderClient(t, redisAddr), prefix, config.Recorder{QueueSize: n, BatchSize: 512, FlushInterval: time.Hour})
+	now := time.Now()
+	for i := 0; i < n; i++ {
+		r.Record(Record{Time: now, Tier: "small", OutputTokens: 1})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := r.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close: %v, want the deadline (the machine wrote %d records in 200ms?)", err, r.Stats().Written)
+	}
+	st := r.Stats()
+	t.Logf("after a 200ms drain: %+v", st)
+	if st.Written == 0 || st.Dropped == 0 || st.Written+st.Dropped != n || st.Queued != 0 {
+		t.Fatalf("stats %+v, want some written, the rest of %d dropped", st, n)
+	}
+	got := rdb.XLen(context.Background(), prefix+"req:"+now.UTC().Format("20060102")).Val()
+	if got < st.Written || got > st.Written+writers*512 {
+		t.Fatalf("stream holds %d entries, recorder wrote %d", got, st.Written)
+	}
+}
+
+// Close keeps retrying while Redis is away, until its deadline.
+func TestRecorderCloseWaitsForRedis(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	px := newProxy(t, redisAddr)
+	px.cut()
+	r := NewRedisRecorder(recorderClient(t, px.addr), prefix, config.Recorder{BatchSize: 100, FlushInterval: 10 * time.Millisecond})
+	now := time.Now()
+	for i := 0; i < 3000; i++ {
+		r.Record(Record{Time: now, Tier: "small", OutputTokens: 1})
+	}
+	waitFor(t, "flush errors", func() bool { return r.Stats().Errors > 0 })
+	time.AfterFunc(500*time.Millisecond, px.restore)
+	closeRecorder(t, r)
+	if st := r.Stats(); st.Written != 3000 || st.Dropped != 0 || st.Queued != 0 {
+		t.Fatalf("stats after close %+v", st)
+	}
+	if got := rdb.XLen(context.Background(), prefix+"req:"+now.UTC().Format("20060102")).Val(); got != 3000 {
+		t.Fatalf("stream has %d entries, want 3000", got)
 	}
 }
 
@@ -235,15 +303,20 @@ func TestRecorderCloseDrains(t *testing.T) {
 }
 
 // proxy forwards TCP to a target and can be cut and restored on the same
-// address.
+// address. It can also lose replies: while loseReplies > 0, a connection
+// that sends a script call (EVAL or EVALSHA) is closed when Redis answers it,
+// and the answer thrown away.
 type proxy struct {
-	t      testing.TB
-	addr   string
-	target string
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	t           testing.TB
+	addr        string
+	target      string
+	loseReplies atomic.Int32
+	lost        atomic.Int32 // replies lost
+	lostApplied atomic.Int32 // of which said the batch was applied
+	mu          sync.Mutex   // guards ln and conns
+	ln          net.Listener
+	conns       map[net.Conn]struct{}
+	wg          sync.WaitGroup
 }
 
 func newProxy(t testing.TB, target string) *proxy {
@@ -278,9 +351,53 @@ func (p *proxy) serve(ln net.Listener) {
 			p.mu.Lock()
 			p.conns[c], p.conns[u] = struct{}{}, struct{}{}
 			p.mu.Unlock()
+			var lose atomic.Bool
 			p.wg.Add(2)
-			go func() { defer p.wg.Done(); io.Copy(u, c); u.Close(); c.Close() }()
-			go func() { defer p.wg.Done(); io.Copy(c, u); u.Close(); c.Close() }()
+			go func() { // client to Redis
+				defer p.wg.Done()
+				defer u.Close()
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 && !lose.Load() && bytes.Contains(bytes.ToLower(buf[:n]), []byte("eval")) &&
+						p.loseReplies.Add(-1) >= 0 {
+						lose.Store(true)
+						p.lost.Add(1)
+					}
+					if n > 0 {
+						if _, err := u.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+			go func() { // Redis to client
+				defer p.wg.Done()
+				defer u.Close()
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := u.Read(buf)
+					if n > 0 && lose.Load() {
+						if bytes.HasPrefix(buf[:n], []byte("*3\r\n:1\r\n")) {
+							p.lostApplied.Add(1)
+						}
+						return
+					}
+					if n > 0 {
+						if _, err := c.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
 		}
 	}()
 }
@@ -322,7 +439,9 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 func TestRecorderSurvivesRedisOutage(t *testing.T) {
 	rdb, prefix := testRedis(t)
 	px := newProxy(t, redisAddr)
-	r := NewRedisRecorder(recorderClient(t, px.addr), prefix, config.Recorder{QueueSize: 64, BatchSize: 16, FlushInterval: 10 * time.Millisecond})
+	logs := captureLogs(t)
+	const queue, batch = 64, 16
+	r := NewRedisRecorder(recorderClient(t, px.addr), prefix, config.Recorder{QueueSize: queue, BatchSize: batch, FlushInterval: 10 * time.Millisecond})
 	now := time.Now()
 	rec := Record{Time: now, Tier: "small", OutputTokens: 3, CostMicroUSD: 2}
 	accepted := 0
@@ -335,35 +454,51 @@ func TestRecorderSurvivesRedisOutage(t *testing.T) {
 	send(40)
 	waitFor(t, "the first records to be written", func() bool { return r.Stats().Written == 40 })
 
+	// Redis is gone: what fits in the queue waits, however many flushes
+	// fail, and is written when Redis is back.
 	px.cut()
-	// Redis is gone: Record still returns at once (this loop would hang
-	// otherwise) and what does not fit is dropped and counted.
+	send(60)
+	waitFor(t, "several failed flushes", func() bool { return r.Stats().Errors >= 6 })
+	if st := r.Stats(); st.Dropped != 0 || st.Queued != 60 {
+		t.Fatalf("during the outage: %+v; want 60 queued, none dropped", st)
+	}
+	px.restore()
+	waitFor(t, "the queued records", func() bool { return r.Stats().Written == 100 })
+	lost, back := logs.find(msgLost), logs.find(msgBack)
+	if len(lost) != 1 || len(back) != 1 {
+		t.Fatalf("%d lost and %d back lines for one outage:\n%v\n%v", len(lost), len(back), lost, back)
+	}
+	if d, _ := back[0]["down_for"].(time.Duration); d <= 0 || back[0]["queued"] == nil ||
+		back[0]["dropped"] != int64(0) || back[0]["failed_flushes"].(int64) < 6 {
+		t.Fatalf("back line %v", back[0])
+	}
+
+	// Down again, and more than the queue holds: the rest is dropped and
+	// counted.
+	px.cut()
+	send(1)
+	waitFor(t, "a failed flush", func() bool { return len(logs.find(msgLost)) == 2 })
 	for i := 0; i < 20; i++ {
 		send(50)
 		time.Sleep(5 * time.Millisecond)
 	}
-	waitFor(t, "flush errors", func() bool { return r.Stats().Errors > 0 })
 	down := r.Stats()
-	// Held while Redis is away: the queue, the batch being built and one
-	// batch per writer.
-	held := 64 + 16 + writers*16
-	if down.Dropped < int64(20*50-held) {
-		t.Fatalf("during the outage: %+v; want at least %d dropped", down, 20*50-held)
+	t.Logf("during the second outage: %+v", down)
+	// Held while Redis is away: the queue, the batch waiting for a writer
+	// and one batch per writer.
+	if held := queue + batch + writers*batch; down.Dropped < int64(1001-held) || down.Dropped > 1001-queue {
+		t.Fatalf("dropped %d of 1001 with %d to %d held", down.Dropped, queue, held)
 	}
-	t.Logf("during the outage: %+v", down)
-
 	px.restore()
-	// The recorder reconnects by itself: everything accepted from now on is
-	// written.
 	waitFor(t, "the queue to empty", func() bool { return r.Stats().Queued == 0 })
-	before := r.Stats()
-	send(40)
-	waitFor(t, "records after the outage", func() bool { return r.Stats().Written == before.Written+40 })
 	closeRecorder(t, r)
 	st := r.Stats()
 	t.Logf("after recovery: %+v", st)
-	if st.Written+st.Dropped != int64(accepted) {
+	if st.Written+st.Dropped != int64(accepted) || st.Dropped != down.Dropped {
 		t.Fatalf("written %d + dropped %d != %d recorded", st.Written, st.Dropped, accepted)
+	}
+	if back := logs.find(msgBack); len(back) != 2 || back[1]["dropped"] != st.Dropped {
+		t.Fatalf("back lines %v, want the second to count %d dropped", back, st.Dropped)
 	}
 	ctx := context.Background()
 	if got := rdb.XLen(ctx, prefix+"req:"+now.UTC().Format("20060102")).Val(); got != st.Written {
@@ -373,6 +508,119 @@ func TestRecorderSurvivesRedisOutage(t *testing.T) {
 	if h["requests"] != st.Written || h["cost_uusd"] != 2*st.Written {
 		t.Fatalf("rollup %v, want %d requests", h, st.Written)
 	}
+}
+
+// A batch whose reply is lost is sent again and skipped by Redis if it was
+// applied: nothing is counted twice, nothing lost.
+func TestRecorderLostRepliesCountOnce(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	ctx := context.Background()
+	// Loaded, so that the first EVALSHA of a batch is applied (not NOSCRIPT).
+	if err := applyScript.Load(ctx, rdb).Err(); err != nil {
+		t.Fatal(err)
+	}
+	px := newProxy(t, redisAddr)
+	px.loseReplies.Store(4)
+	r := NewRedisRecorder(recorderClient(t, px.addr), prefix, config.Recorder{BatchSize: 10, FlushInterval: 5 * time.Millisecond})
+	now := time.Now()
+	const n = 200
+	for i := 0; i < n; i++ {
+		r.Record(Record{Time: now, RequestID: fmt.Sprint("req-", i), Tier: "small", CostMicroUSD: 3})
+		if i%10 == 9 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	closeRecorder(t, r)
+	st := r.Stats()
+	if st.Written != n || st.Dropped != 0 || st.Errors < 4 {
+		t.Fatalf("stats %+v, want %d written after at least 4 lost replies", st, n)
+	}
+	if px.lostApplied.Load() == 0 {
+		t.Fatal("no lost reply was of an applied batch: the test proves nothing")
+	}
+	t.Logf("%d replies lost, %d of them of applied batches; %+v", px.lost.Load(), px.lostApplied.Load(), st)
+	assertStream(t, rdb, prefix+"req:"+now.UTC().Format("20060102"), n)
+	if h := hgetInts(t, rdb, prefix+"h:all:"+now.UTC().Format("2006010215")); h["requests"] != n || h["cost_uusd"] != 3*n {
+		t.Fatalf("rollup %v, want %d requests", h, n)
+	}
+}
+
+// assertStream checks that stream holds exactly the records req-0 ..
+// req-{n-1}, once each.
+func assertStream(t testing.TB, rdb *redis.Client, stream string, n int) {
+	t.Helper()
+	entries, err := rdb.XRange(context.Background(), stream, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(map[string]int, len(entries))
+	for _, e := range entries {
+		id, _ := e.Values["id"].(string)
+		seen[id]++
+	}
+	var dup, missing []string
+	for id, c := range seen {
+		if c > 1 {
+			dup = append(dup, fmt.Sprintf("%s×%d", id, c))
+		}
+	}
+	for i := 0; i < n; i++ {
+		if seen[fmt.Sprint("req-", i)] == 0 {
+			missing = append(missing, fmt.Sprint("req-", i))
+		}
+	}
+	if len(entries) != n || len(dup) > 0 || len(missing) > 0 {
+		t.Fatalf("stream has %d entries, want %d; duplicates %v; missing %v", len(entries), n, head(dup), head(missing))
+	}
+}
+
+func head(s []string) []string { return s[:min(len(s), 10)] }
+
+const (
+	msgLost = "recorder lost redis"
+	msgBack = "recorder reached redis again"
+)
+
+// logCapture is a slog handler that keeps what is logged.
+type logCapture struct {
+	mu   sync.Mutex // guards recs
+	recs []slog.Record
+}
+
+// captureLogs makes a logCapture the default logger until the test ends;
+// recorders made meanwhile log to it.
+func captureLogs(t testing.TB) *logCapture {
+	h := &logCapture{}
+	old := slog.Default()
+	slog.SetDefault(slog.New(h))
+	t.Cleanup(func() { slog.SetDefault(old) })
+	return h
+}
+
+func (h *logCapture) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logCapture) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *logCapture) WithGroup(string) slog.Handler            { return h }
+
+func (h *logCapture) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recs = append(h.recs, r.Clone())
+	return nil
+}
+
+// find returns the attributes of the lines whose message starts with msg.
+func (h *logCapture) find(msg string) []map[string]any {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []map[string]any
+	for _, r := range h.recs {
+		if strings.HasPrefix(r.Message, msg) {
+			m := map[string]any{"level": r.Level}
+			r.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.Any(); return true })
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // BenchmarkRecorder writes records into the local Redis through the

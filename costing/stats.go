@@ -52,23 +52,29 @@ type Group struct {
 	// FallbacksUp and DegradedDown count requests served on another tier
 	// than the router chose because it had no endpoint available; they are
 	// not escalations.
-	FallbacksUp     int64       `json:"fallbacks_up"`
-	FallbackRate    float64     `json:"fallback_rate"`
-	DegradedDown    int64       `json:"degraded_down"`
-	DegradedRate    float64     `json:"degraded_rate"`
-	ClientErrors    int64       `json:"client_errors"`
-	Cancelled       int64       `json:"cancelled"`
-	Rejected        int64       `json:"rejected"`
-	InputTokens     int64       `json:"input_tokens"`
-	OutputTokens    int64       `json:"output_tokens"`
-	CostUSD         float64     `json:"cost_usd"`
-	BaselineCostUSD float64     `json:"baseline_cost_usd"`
-	SavingsUSD      float64     `json:"savings_usd"`
-	SavingsRate     float64     `json:"savings_rate"`
-	EnergyWh        float64     `json:"energy_wh"`
-	TokensPerWh     float64     `json:"tokens_per_wh"` // output tokens per Wh
-	LatencyMs       Percentiles `json:"latency_ms"`
-	TTFTMs          Percentiles `json:"ttft_ms"`
+	FallbacksUp  int64   `json:"fallbacks_up"`
+	FallbackRate float64 `json:"fallback_rate"`
+	DegradedDown int64   `json:"degraded_down"`
+	DegradedRate float64 `json:"degraded_rate"`
+	ClientErrors int64   `json:"client_errors"`
+	Cancelled    int64   `json:"cancelled"`
+	Rejected     int64   `json:"rejected"`
+	// Cascaded counts answers the verifier judged; ConfidenceEscalations
+	// those it escalated; WastedUSD what the thrown-away answers cost.
+	Cascaded              int64       `json:"cascaded"`
+	ConfidenceEscalations int64       `json:"escalations_confidence"`
+	ConfidenceRate        float64     `json:"confidence_escalation_rate"`
+	WastedUSD             float64     `json:"wasted_usd"`
+	InputTokens           int64       `json:"input_tokens"`
+	OutputTokens          int64       `json:"output_tokens"`
+	CostUSD               float64     `json:"cost_usd"`
+	BaselineCostUSD       float64     `json:"baseline_cost_usd"`
+	SavingsUSD            float64     `json:"savings_usd"`
+	SavingsRate           float64     `json:"savings_rate"`
+	EnergyWh              float64     `json:"energy_wh"`
+	TokensPerWh           float64     `json:"tokens_per_wh"` // output tokens per Wh
+	LatencyMs             Percentiles `json:"latency_ms"`
+	TTFTMs                Percentiles `json:"ttft_ms"`
 }
 
 // Percentiles of a histogram, in milliseconds.
@@ -222,6 +228,7 @@ func (c *counters) group() Group {
 		Requests: c[fRequests], Escalations: c[fEscalations], Errors: c[fErrors],
 		FallbacksUp: c[fFallbacks], DegradedDown: c[fDegraded], ClientErrors: c[fClientErrors],
 		Cancelled: c[fCancelled], Rejected: c[fRejected],
+		Cascaded: c[fCascaded], ConfidenceEscalations: c[fConfidence], WastedUSD: usd(c[fWasted]),
 		InputTokens: c[fInputTokens], OutputTokens: c[fOutputTokens],
 		CostUSD: usd(c[fCost]), BaselineCostUSD: usd(c[fBaseline]), EnergyWh: wh(c[fEnergy]),
 		SavingsUSD: usd(c[fBaseline] - c[fCost]),
@@ -232,6 +239,9 @@ func (c *counters) group() Group {
 		g.ErrorRate = float64(g.Errors) / n
 		g.FallbackRate = float64(g.FallbacksUp) / n
 		g.DegradedRate = float64(g.DegradedDown) / n
+	}
+	if g.Cascaded > 0 {
+		g.ConfidenceRate = float64(g.ConfidenceEscalations) / float64(g.Cascaded)
 	}
 	if c[fBaseline] > 0 {
 		g.SavingsRate = float64(c[fBaseline]-c[fCost]) / float64(c[fBaseline])

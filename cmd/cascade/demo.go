@@ -87,7 +87,7 @@ Try:
 
 Ctrl-C stops it.
 `, *listen, smallURL, largeURL, records, cfg.Redis.Prefix, embeddedNote(*redisURL), token)
-	return serve(&cfg, "", gateway.Options{}, 10*time.Second)
+	return serve(&cfg, "", gateway.Options{}, 10*time.Second, 10*time.Second)
 }
 
 func embeddedNote(redisURL string) string {

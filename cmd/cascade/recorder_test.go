@@ -3,9 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,4 +116,100 @@ func TestSetupRecorderWithoutRedis(t *testing.T) {
 	if err := closeRec(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// go-redis's own lines come out through slog, dial failures at debug.
+func TestRedisLogsGoThroughSlog(t *testing.T) {
+	logs := captureLogs(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+	defer c.Close()
+	if err := c.Ping(context.Background()).Err(); err == nil {
+		t.Fatal("ping of a closed port succeeded")
+	}
+	l := logs.find("connection pool: failed to dial")
+	if len(l) == 0 || l[0]["component"] != "go-redis" || l[0]["level"] != slog.LevelDebug {
+		t.Fatalf("dial failure lines %v, all lines %v", l, logs.find(""))
+	}
+}
+
+// What the drain deadline leaves unwritten is counted and logged.
+func TestSetupRecorderCountsWhatShutdownCannotWrite(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	logs := captureLogs(t)
+	cfg := config.Default()
+	cfg.Redis.URL = "redis://" + addr + "/0"
+	var opts gateway.Options
+	closeRec, err := setupRecorder(context.Background(), &cfg, &opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		opts.Recorder.Record(costing.Record{Time: time.Now(), Tier: "small"})
+	}
+	// Long enough for go-redis to give up dialling (5 tries 100ms apart)
+	// once: the recorder then says it lost Redis.
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	if err := closeRec(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("close: %v, want the deadline", err)
+	}
+	l := logs.find("recorder dropped records")
+	if len(l) != 1 || l[0]["dropped"] != int64(5) || l[0]["dropped_at_shutdown"] != int64(5) || l[0]["written"] != int64(0) {
+		t.Fatalf("drop lines %v", l)
+	}
+	if lost := logs.find("recorder lost redis"); len(lost) != 1 {
+		t.Fatalf("lost lines %v, want one", lost)
+	}
+}
+
+// logCapture is a slog handler that keeps what is logged.
+type logCapture struct {
+	mu   sync.Mutex // guards recs
+	recs []slog.Record
+}
+
+// captureLogs makes a logCapture the default logger until the test ends.
+func captureLogs(t testing.TB) *logCapture {
+	h := &logCapture{}
+	old := slog.Default()
+	slog.SetDefault(slog.New(h))
+	t.Cleanup(func() { slog.SetDefault(old) })
+	return h
+}
+
+func (h *logCapture) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logCapture) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *logCapture) WithGroup(string) slog.Handler            { return h }
+
+func (h *logCapture) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recs = append(h.recs, r.Clone())
+	return nil
+}
+
+// find returns the level and attributes of the lines whose message holds msg.
+func (h *logCapture) find(msg string) []map[string]any {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []map[string]any
+	for _, r := range h.recs {
+		if strings.Contains(r.Message, msg) {
+			m := map[string]any{"level": r.Level, "msg": r.Message}
+			r.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.Any(); return true })
+			out = append(out, m)
+		}
+	}
+	return out
 }

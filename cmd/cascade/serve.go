@@ -48,6 +48,7 @@ func runServe(args []string) error {
 	path := fs.String("config", "cascade.yaml", "config file")
 	listen := fs.String("listen", "", "override the config's listen address")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "how long in-flight requests may finish on shutdown")
+	drain := fs.Duration("drain-timeout", 10*time.Second, "how long the recorder may then write queued records to Redis")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -58,13 +59,14 @@ func runServe(args []string) error {
 	if *listen != "" {
 		cfg.Listen = *listen
 	}
-	return serve(cfg, *path, gateway.Options{}, *grace)
+	return serve(cfg, *path, gateway.Options{}, *grace, *drain)
 }
 
 // serve runs a gateway until SIGINT/SIGTERM, then drains it: in-flight
-// requests first, then the recorder's queue, then telemetry. path is the
-// config file watched for live reload ("" for none).
-func serve(cfg *config.Config, path string, opts gateway.Options, grace time.Duration) error {
+// requests first, for up to grace, then the recorder's queue, for up to
+// drain of its own, then telemetry. path is the config file watched for live
+// reload ("" for none).
+func serve(cfg *config.Config, path string, opts gateway.Options, grace, drain time.Duration) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	closeTelemetry, err := setupTelemetry(ctx, cfg, &opts)
@@ -91,5 +93,8 @@ func serve(cfg *config.Config, path string, opts gateway.Options, grace time.Dur
 	stopWatch()
 	dctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	return errors.Join(err, g.Shutdown(dctx), closeRecorder(dctx), closeTelemetry(dctx))
+	err = errors.Join(err, g.Shutdown(dctx))
+	rctx, rcancel := context.WithTimeout(context.Background(), drain)
+	defer rcancel()
+	return errors.Join(err, closeRecorder(rctx), closeTelemetry(dctx))
 }
