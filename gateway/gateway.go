@@ -152,7 +152,7 @@ func (g *Gateway) Apply(cfg *config.Config) (err error) {
 	if old := g.snap.Load(); old != nil {
 		prevCal = old.policy.Calibrator()
 	}
-	p, err := router.Compile(cfg.Routing, s.tiers, prevCal)
+	p, err := router.Compile(cfg.Routing, cfg.Tiers, prevCal)
 	if err != nil {
 		return fmt.Errorf("routing: %w", err)
 	}
