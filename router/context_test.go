@@ -16,8 +16,8 @@ func TestEstimateTokens(t *testing.T) {
 		{"", 4, 4},
 		{"The quick brown fox jumps over the lazy dog.", 13, 17}, // 10 tokens + 4
 		{strings.Repeat("The quick brown fox jumps over the lazy dog. ", 100), 1000, 1300},
-		{strings.Repeat("こんにちは、元気ですか？", 100), 1000, 1400},                  // about one token a character
-		{strings.Repeat("Привет, как дела? ", 100), 700, 1000},                // Cyrillic: 2-3 letters a token
+		{strings.Repeat("こんにちは、元気ですか？", 100), 1000, 1400},                               // about one token a character
+		{strings.Repeat("Привет, как дела? ", 100), 700, 1000},                          // Cyrillic: 2-3 letters a token
 		{strings.Repeat("for (int i = 0; i < n; i++) { s += a[i]; }\n", 50), 600, 1000}, // code is dense
 		{strings.Repeat("🙂", 100), 150, 300},
 	}
