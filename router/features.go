@@ -582,6 +582,16 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) (extra in
 			h := uint64(fnvOffset)
 		token:
 			for i < n {
+				// Fast path: a run of lower-case ASCII letters.
+				j := i
+				for j < n && charClass[s[j]] == cLower {
+					h = (h ^ uint64(s[j])) * fnvPrime
+					j++
+				}
+				letters += j - i
+				if i = j; i >= n {
+					break
+				}
 				b := s[i]
 				switch charClass[b] {
 				case cLower:
