@@ -44,6 +44,10 @@ type Tier struct {
 	Endpoints []Endpoint `yaml:"endpoints"`
 	// Cost prices the tier's tokens in dollars and energy; see cost.go.
 	Cost Cost `yaml:"cost"`
+	// MaxContextTokens is the context window of the tier's models (prompt
+	// plus output). A request whose estimated prompt plus max_tokens exceeds
+	// it is never sent to the tier. 0 means unknown (unlimited).
+	MaxContextTokens int `yaml:"max_context_tokens"`
 }
 
 // Endpoint is one upstream model server.
@@ -342,6 +346,9 @@ func (c *Config) Validate() error {
 			bad(f+".name", "%q is already used as a %s", t.Name, prev)
 		} else {
 			names[t.Name] = "tier name"
+		}
+		if t.MaxContextTokens < 0 {
+			bad(f+".max_context_tokens", "must not be negative (0: unknown), got %d", t.MaxContextTokens)
 		}
 		if len(t.Endpoints) == 0 {
 			bad(f+".endpoints", "tier %q needs at least one endpoint", t.Name)

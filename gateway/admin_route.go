@@ -103,6 +103,9 @@ func (g *Gateway) adminRoute(c *fiber.Ctx) error {
 	}
 	dec, err := s.policy.DryRun(model, header, &req.Input)
 	if err != nil {
+		if errors.Is(err, router.ErrContextLength) {
+			return writeError(c, contextTooLong(err))
+		}
 		return writeError(c, s.badTierHeader(err))
 	}
 	ans := routeAnswer{Model: req.Model, Tier: dec.Tier, Score: dec.Score, Threshold: dec.Threshold,

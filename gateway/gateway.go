@@ -177,7 +177,7 @@ func (g *Gateway) Apply(cfg *config.Config) (err error) {
 	if prev != nil {
 		prevPolicy = prev.policy
 	}
-	p, err := router.CompileFrom(cfg.Routing, s.tiers, prevPolicy)
+	p, err := router.CompileFrom(cfg.Routing, cfg.Tiers, prevPolicy)
 	if err != nil {
 		return fmt.Errorf("routing: %w", err)
 	}

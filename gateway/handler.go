@@ -3,6 +3,7 @@ package gateway
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"encoding/hex"
 	"errors"
 	"math/rand/v2"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/cascade-gateway/cascade/backends"
 	"github.com/cascade-gateway/cascade/costing"
+	"github.com/cascade-gateway/cascade/router"
 )
 
 const (
@@ -88,10 +90,16 @@ func (x *exchange) serve(c *fiber.Ctx, chat bool) (bool, error) {
 	}
 	if rt.auto {
 		if x.dec, err = s.policy.Route(req.Model, c.Get(headerTier), &req.Input); err != nil {
+			if errors.Is(err, router.ErrContextLength) {
+				return false, writeError(c, contextTooLong(err))
+			}
 			return false, writeError(c, s.badTierHeader(err))
 		}
 	} else {
 		x.dec.Tier = rt.tier
+		if !s.policy.Fits(rt.tier, &req.Input) {
+			return false, writeError(c, contextTooLong(fmt.Errorf("%w: the prompt and max_tokens do not fit tier %q", router.ErrContextLength, rt.tier)))
+		}
 	}
 	x.rec.Escalated, x.rec.Reason, x.rec.Score = x.dec.Escalated, x.dec.Reason, x.dec.Score
 	routed(s, x.span, req, &x.dec)
@@ -236,6 +244,9 @@ func (x *exchange) send(ctx context.Context, req *backends.Request, tier string,
 	}
 	var err error
 	for _, t := range order {
+		if t != tier && !s.policy.Fits(t, &x.req.Input) {
+			continue // a fallback never goes where the request does not fit
+		}
 		var resp *backends.Response
 		resp, err = s.pools[t].Send(ctx, x.g.registry.Client(), req, s.cfg.Retries)
 		if err == nil {
@@ -279,6 +290,12 @@ func (x *exchange) headers(c *fiber.Ctx) {
 func unknownModel(name string) *apiError {
 	return &apiError{Status: 404, Type: "invalid_request_error", Code: "model_not_found", Param: "model",
 		Message: "The model '" + name + "' does not exist. Use \"auto\", an alias, a tier or a model listed by GET /v1/models."}
+}
+
+// contextTooLong is the 400 for a request that fits no tier it may go to.
+func contextTooLong(err error) *apiError {
+	return &apiError{Status: 400, Type: "invalid_request_error", Code: "context_length_exceeded", Param: "messages",
+		Message: err.Error() + "; shorten the prompt or lower max_tokens"}
 }
 
 // badTierHeader is the 400 for an X-Cascade-Tier header that names no tier.

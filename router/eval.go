@@ -50,26 +50,42 @@ func sortedByScore(scores []float64) []int {
 }
 
 func qualityAt(order []int, scores []float64, weak, strong []int, x float64) float64 {
+	return qualityAtW(order, scores, weak, strong, nil, x)
+}
+
+// qualityAtW is qualityAt with a weight per prompt (nil: all 1); x is a
+// share of the total weight.
+func qualityAtW(order []int, scores []float64, weak, strong []int, weight []float64, x float64) float64 {
 	n := len(order)
 	if n == 0 {
 		return 0
 	}
-	var base float64
-	for _, w := range weak {
-		base += float64(w)
+	wt := func(k int) float64 {
+		if weight == nil {
+			return 1
+		}
+		return weight[k]
 	}
-	m := x * float64(n) // prompts to route, possibly fractional
+	var base, total float64
+	for k, w := range weak {
+		base += wt(k) * float64(w)
+		total += wt(k)
+	}
+	if total <= 0 {
+		return 0
+	}
+	m := x * total // weight to route
 	var gain float64
 	taken := 0.0
 	for i := 0; i < n && taken < m; {
 		j := i
-		var g float64
+		var g, size float64
 		for j < n && scores[order[j]] == scores[order[i]] {
 			k := order[j]
-			g += float64(strong[k] - weak[k])
+			g += wt(k) * float64(strong[k]-weak[k])
+			size += wt(k)
 			j++
 		}
-		size := float64(j - i)
 		if taken+size <= m {
 			gain += g
 			taken += size
@@ -79,22 +95,37 @@ func qualityAt(order []int, scores []float64, weak, strong []int, x float64) flo
 		}
 		i = j
 	}
-	return (base + gain) / float64(n)
+	return (base + gain) / total
 }
 
 // Evaluate computes the routing metrics of scores against outcomes.
 func Evaluate(scores []float64, weak, strong []int) Metrics {
+	return EvaluateWeighted(scores, weak, strong, nil)
+}
+
+// EvaluateWeighted is Evaluate with a weight per prompt (nil: all equal):
+// shares, qualities and the weak and strong means are weighted.
+func EvaluateWeighted(scores []float64, weak, strong []int, weight []float64) Metrics {
 	n := len(scores)
 	mt := Metrics{N: n}
 	if n == 0 {
 		return mt
 	}
+	var total float64
 	for i := 0; i < n; i++ {
-		mt.Weak += float64(weak[i])
-		mt.Strong += float64(strong[i])
+		w := 1.0
+		if weight != nil {
+			w = weight[i]
+		}
+		mt.Weak += w * float64(weak[i])
+		mt.Strong += w * float64(strong[i])
+		total += w
 	}
-	mt.Weak /= float64(n)
-	mt.Strong /= float64(n)
+	if total <= 0 {
+		return Metrics{N: n}
+	}
+	mt.Weak /= total
+	mt.Strong /= total
 	order := sortedByScore(scores)
 	gap := mt.Strong - mt.Weak
 	mt.Shares = make([]float64, EvalPoints)
@@ -103,7 +134,7 @@ func Evaluate(scores []float64, weak, strong []int) Metrics {
 	for k := 0; k < EvalPoints; k++ {
 		x := float64(k) / float64(EvalPoints-1)
 		mt.Shares[k] = x
-		mt.Quality[k] = qualityAt(order, scores, weak, strong, x)
+		mt.Quality[k] = qualityAtW(order, scores, weak, strong, weight, x)
 		if gap != 0 {
 			mt.PGR[k] = (mt.Quality[k] - mt.Weak) / gap
 		}
@@ -225,7 +256,8 @@ type AblationRow struct {
 
 // Ablation trains once with every feature and once per feature group left
 // out ("ngrams" drops the hashed n-grams), for each seed's train/validation
-// split, and returns the mean validation APGR per source. The first row,
+// split, and returns the mean validation APGR per source (and, with several
+// sources, on the mixed pool, under "mixed"). The first row,
 // "all", is the full model.
 func Ablation(ex []Example, seeds []int64, opt TrainOptions, progress func(done, total int)) ([]AblationRow, error) {
 	groups := FeatureGroups()
@@ -258,6 +290,9 @@ func Ablation(ex []Example, seeds []int64, opt TrainOptions, progress func(done,
 				w, s := Outcomes(bySrc[src])
 				rows[i].APGR[src] += Evaluate(ScoreAll(m, bySrc[src]), w, s).APGR / float64(len(seeds))
 			}
+			if len(srcs) > 1 {
+				rows[i].APGR["mixed"] += EvaluateMixed(va, ScoreAll(m, va)).APGR / float64(len(seeds))
+			}
 			done++
 			if progress != nil {
 				progress(done, total)
@@ -272,6 +307,9 @@ func Ablation(ex []Example, seeds []int64, opt TrainOptions, progress func(done,
 			w, s := Outcomes(bySrc[src])
 			base.APGR[src] += Evaluate(ScoreAll(LengthScorer{Saturation: math.MaxInt}, bySrc[src]), w, s).APGR / float64(len(seeds))
 		}
+		if len(srcs) > 1 {
+			base.APGR["mixed"] += EvaluateMixed(va, ScoreAll(LengthScorer{Saturation: math.MaxInt}, va)).APGR / float64(len(seeds))
+		}
 	}
 	return append(rows, base), nil
 }
@@ -283,4 +321,67 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// MixedWeights weights every example so that each source has the same total
+// weight: the mixed pool, an equal share of each set, pooled.
+func MixedWeights(ex []Example) []float64 {
+	n := map[string]int{}
+	for i := range ex {
+		n[ex[i].Source]++
+	}
+	w := make([]float64, len(ex))
+	for i := range ex {
+		w[i] = 1 / float64(len(n)*n[ex[i].Source])
+	}
+	return w
+}
+
+// EvaluateMixed computes the metrics of scores (one per example) on the
+// mixed pool: every source weighs the same, all are ranked together.
+func EvaluateMixed(ex []Example, scores []float64) Metrics {
+	w, s := Outcomes(ex)
+	return EvaluateWeighted(scores, w, s, MixedWeights(ex))
+}
+
+// RandomMixed averages the mixed-pool metrics of reps seeded random
+// orderings.
+func RandomMixed(ex []Example, seed uint64, reps int) Metrics {
+	r := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
+	scores := make([]float64, len(ex))
+	var acc Metrics
+	for rep := 0; rep < reps; rep++ {
+		for i := range scores {
+			scores[i] = r.Float64()
+		}
+		m := EvaluateMixed(ex, scores)
+		acc.N, acc.Weak, acc.Strong, acc.Shares = m.N, m.Weak, m.Strong, m.Shares
+		acc.APGR += m.APGR / float64(reps)
+		acc.CPT50 += m.CPT50 / float64(reps)
+		acc.CPT80 += m.CPT80 / float64(reps)
+		if acc.Quality == nil {
+			acc.Quality, acc.PGR = make([]float64, len(m.Quality)), make([]float64, len(m.PGR))
+		}
+		for k := range m.Quality {
+			acc.Quality[k] += m.Quality[k] / float64(reps)
+			acc.PGR[k] += m.PGR[k] / float64(reps)
+		}
+	}
+	return acc
+}
+
+// SourcePrior scores every example by the mean gain of escalating in its
+// source, known in hindsight from the examples themselves: what knowing
+// only which set a prompt came from is worth on the mixed pool.
+func SourcePrior(ex []Example) []float64 {
+	sum, n := map[string]float64{}, map[string]float64{}
+	for i := range ex {
+		sum[ex[i].Source] += float64(ex[i].Strong - ex[i].Weak)
+		n[ex[i].Source]++
+	}
+	s := make([]float64, len(ex))
+	for i := range ex {
+		s[i] = sum[ex[i].Source] / n[ex[i].Source]
+	}
+	return s
 }

@@ -3,6 +3,9 @@ package router
 import (
 	"math"
 	"math/bits"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Feature extraction for the learned scorer.
@@ -37,7 +40,6 @@ const (
 	fWordsPerSentence
 	fUpperShare
 	fPunctShare
-	fNonASCIIShare
 	fQuotes
 	fParens
 	fMoneyPct
@@ -65,6 +67,9 @@ const (
 	fClauses
 	fMaxDigits
 	fParts
+	fChoiceSets
+	fMaxOptions
+	fBlanks
 	fKwBase // first keyword-category feature; one per category below
 )
 
@@ -113,13 +118,14 @@ func DenseNames() []string {
 		"len_bytes", "len_words", "avg_word_len", "long_word_share", "lines",
 		"list_items", "code_fences", "table_lines", "indented_lines", "code_chars",
 		"digit_share", "numbers", "decimals", "fractions", "math_ops", "latex", "questions", "sentences",
-		"words_per_sentence", "upper_share", "punct_share", "non_ascii_share",
+		"words_per_sentence", "upper_share", "punct_share",
 		"quotes", "parens", "money_percent", "choice_lines", "blank_lines",
 		"messages", "user_turns", "has_system", "system_len", "assistant_len",
 		"has_tools", "has_response_format", "max_tokens", "max_tokens_set",
 		"distinct_numbers", "number_sentences", "step_load", "stem_len", "option_len",
 		"caps_emphasis", "roman_lines", "word_problem", "choice_digit_share",
 		"entities", "clauses", "max_digits", "numbered_parts",
+		"choice_sets", "max_options", "blanks",
 	}
 	return append(n, catNames[:]...)
 }
@@ -136,11 +142,12 @@ func FeatureGroups() map[string][]int {
 		"reasoning":    {fKwBase + catReasoning, fKwBase + catMultiStep, fKwBase + catProof},
 		"constraints":  {fKwBase + catConstraint, fKwBase + catNegation, fKwBase + catSubtle, fCapsEmphasis},
 		"choices":      {fStemLen, fOptionLen, fRomanLines, fChoiceDigits, fParts, fKwBase + catPartLabel},
+		"format":       {fChoiceSets, fMaxOptions, fBlanks},
 		"questions":    {fQuestions, fKwBase + catSimple, fKwBase + catInstruction, fKwBase + catChat},
 		"conversation": {fMessages, fUserTurns, fHasSystem, fSystemLen, fAssistantLen},
 		"request":      {fHasTools, fHasResponseFormat, fMaxTokens, fMaxTokensSet},
 		"domain":       {fKwBase + catLaw, fKwBase + catMedicine, fKwBase + catScience, fKwBase + catFinance, fKwBase + catHistory, fKwBase + catEthics, fKwBase + catAdvanced},
-		"language":     {fUpperShare, fPunctShare, fNonASCIIShare},
+		"language":     {fUpperShare, fPunctShare},
 	}
 	return g
 }
@@ -243,12 +250,18 @@ var kwLists = [numCats]string{
 	catProof:       "prove proof derive derivation demonstrate lemma theorem rigorous rigorously formally formal show conjecture counterexample induction",
 	catAdvanced:    "homomorphism isomorphism subgroup abelian eigenvalue eigenvalues determinant entropy enthalpy regression estimator heteroskedasticity autocorrelation stationary covariance asymptotic differential quantum predicate propositional tautology syllogism fallacy premise premises valid invalid symbolization hearsay estoppel easement testator mortgagee grantor pharmacokinetics genotype allele complexity algorithm compiler kernel",
 	catDesign:      "implement implementation design architecture optimize optimise concurrency concurrent thread threads lock mutex distributed scalable latency throughput memory cache queue async asynchronous refactor debug",
-	catChat:        "hi hello hey thanks thank ok okay cool great bye morning joke",
-	catPartLabel:   "scenario statement case part premise claim situation passage",
-	catNumWord:     "one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty fifty hundred thousand million half halves twice double doubled triple tripled thrice third thirds quarter quarters dozen dozens",
+	catChat: "hi hello hey thanks thank ok okay cool great bye morning joke " +
+		// the same in other languages (a script without spaces: whole runs)
+		"hola gracias bonjour salut merci hallo danke tschüss ciao grazie olá oi obrigado obrigada " +
+		"hej tack dziękuję cześć merhaba teşekkürler привет здравствуйте спасибо пока привіт дякую " +
+		"γεια ευχαριστώ שלום תודה مرحبا شكرا سلام مرسی नमस्ते धन्यवाद নমস্কার ধন্যবাদ " +
+		"你好 您好 谢谢 謝謝 こんにちは こんばんは おはよう ありがとう 안녕 안녕하세요 감사합니다 สวัสดี ขอบคุณ chào cảm",
+	catPartLabel: "scenario statement case part premise claim situation passage",
+	catNumWord:   "one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty fifty hundred thousand million half halves twice double doubled triple tripled thrice third thirds quarter quarters dozen dozens",
 }
 
 func hashWord(w string) uint64 {
+	w = strings.ToLower(w)
 	h := uint64(fnvOffset)
 	for i := 0; i < len(w); i++ {
 		c := w[i]
@@ -372,13 +385,14 @@ func (g *gramSink) flush() {
 
 // counts are the raw, role-weighted tallies of one pass.
 type counts struct {
-	bytes, letters, digits, upper, punct, high                       float32
+	bytes, letters, digits, upper, punct                             float32
 	words, wordBytes, longWords, numbers, mathOps, latex, questions  float32
 	sentences, lines, listItems, codeFences, tableLines, indentLines float32
 	codeChars, quotes, parens, moneyPct, choiceLines, blankLines     float32
 	systemBytes, assistantBytes, decimals, fractions                 float32
 	distinct, numSentences, stemBytes, optionBytes, caps, romans     float32
 	ents, commas, maxDigits, parts                                   float32
+	groups, blanks, maxChoice                                        float32
 	kw                                                               [numCats]float32
 	messages, userTurns                                              float32
 	hasSystem                                                        bool
@@ -401,7 +415,6 @@ func extract(in *Input, d *Dense, g *gramSink) {
 		case "user", "":
 			c.userTurns++
 		}
-		c.bytes += rw * float32(len(m.Content))
 		s := m.Content
 		if len(s) > budget {
 			s = s[:budget]
@@ -410,7 +423,13 @@ func extract(in *Input, d *Dense, g *gramSink) {
 		if g != nil {
 			g.rw = rw
 		}
-		scanMessage(s, rw, mi, &c, g)
+		// Length in characters, whatever the script (the unscanned rest
+		// as the scanned part).
+		n := float32(len(m.Content))
+		if extra := scanMessage(s, rw, mi, &c, g); extra > 0 {
+			n -= float32(extra) * n / float32(len(s))
+		}
+		c.bytes += rw * n
 		if g != nil {
 			g.flush()
 		}
@@ -418,9 +437,12 @@ func extract(in *Input, d *Dense, g *gramSink) {
 	fill(in, &c, d)
 }
 
-func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
+// scanMessage adds the tallies of s to c and returns how many bytes of s are
+// beyond the first of a multi-byte character (except in scripts without
+// spaces, whose characters weigh about as much as their three bytes).
+func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) (extra int) {
 	var (
-		letters, digits, upper, punct, high                    int
+		letters, digits, upper, punct                          int
 		words, wordBytes, longWords, numbers, mathOps, latex   int
 		questions, sentences, lines, listItems, fences, tables int
 		indent, codeChars, quotes, parens, money, choices      int
@@ -439,6 +461,9 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 		nEnts, commas, maxDigit int
 		midSentence, afterLabel bool
 		parts                   int // "Scenario 1", "Statement 2": numbered parts
+		// sets of answer options (several: worked examples before the
+		// question), the most options in one, blanks to fill ("_")
+		groups, maxChoice, blanks int
 	)
 	stemEnd = -1
 	var (
@@ -472,6 +497,14 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				case len(r) >= 2 && r[0] >= 'A' && r[0] <= 'H' && (r[1] == '.' || r[1] == ')'),
 					len(r) >= 3 && r[0] == '(' && ((r[1] >= 'a' && r[1] <= 'h') || (r[1] >= 'A' && r[1] <= 'H')) && r[2] == ')':
 					choices++
+					if r[0] == 'A' || (r[0] == '(' && (r[1] == 'a' || r[1] == 'A')) {
+						groups++ // a new set of options starts
+					}
+					if k := int(r[0]|0x20) - 'a' + 1; r[0] != '(' && k > maxChoice {
+						maxChoice = k
+					} else if r[0] == '(' && int(r[1]|0x20)-'a'+1 > maxChoice {
+						maxChoice = int(r[1]|0x20) - 'a' + 1
+					}
 					if stemEnd < 0 {
 						stemEnd = i
 					}
@@ -499,6 +532,43 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 		}
 		ch := s[i]
 		cl := charClass[ch]
+		step := 1
+		if cl == cHigh {
+			r, size := utf8.DecodeRuneInString(s[i:])
+			var rk uint8
+			rk, ch = classifyRune(r)
+			switch rk {
+			case rkLetter, rkIdeo: // counted with their token
+			case rkNeutral: // emoji and symbols: no length either
+				extra += size
+			default:
+				extra += size - 1
+			}
+			step = size
+			switch rk {
+			case rkLetter, rkIdeo: // a token starts: below
+			case rkPunct:
+				if ch == 0 {
+					punct++
+					i += size
+					continue
+				}
+				cl = cOther // as its ASCII equivalent
+			case rkMath:
+				punct++
+				mathOps++
+				i += size
+				continue
+			case rkMoney:
+				punct++
+				money++
+				i += size
+				continue
+			default: // spaces, emoji, symbols
+				i += size
+				continue
+			}
+		}
 		if cl == cLower || cl == cUpper || cl == cDigit || cl == cHigh {
 			// A token: letters, digits and UTF-8 bytes, lowercased and
 			// hashed as we go. A number may contain a decimal point or a
@@ -506,11 +576,22 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 			start := i
 			isNum := cl == cDigit
 			isDec := false
-			up, dg := upper, digits
+			up, dg, ex0 := upper, digits, extra
+			ideo := 0 // characters of scripts without spaces
 			lastKw := uint32(0)
 			h := uint64(fnvOffset)
 		token:
 			for i < n {
+				// Fast path: a run of lower-case ASCII letters.
+				j := i
+				for j < n && charClass[s[j]] == cLower {
+					h = (h ^ uint64(s[j])) * fnvPrime
+					j++
+				}
+				letters += j - i
+				if i = j; i >= n {
+					break
+				}
 				b := s[i]
 				switch charClass[b] {
 				case cLower:
@@ -522,7 +603,28 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				case cDigit:
 					digits++
 				case cHigh:
-					high++
+					r, size := utf8.DecodeRuneInString(s[i:])
+					switch rk, _ := classifyRune(r); rk {
+					case rkLetter:
+						if lr, up := lowerRune(r); up {
+							upper++
+							r = lr
+						}
+						extra += size - 1
+					case rkIdeo:
+						ideo++
+					default:
+						break token
+					}
+					letters++
+					var buf [utf8.UTFMax]byte
+					k := utf8.EncodeRune(buf[:], r)
+					for _, c := range buf[:k] {
+						h ^= uint64(c)
+						h *= fnvPrime
+					}
+					i += size
+					continue
 				default:
 					if i+1 >= n {
 						break token
@@ -542,7 +644,7 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				h *= fnvPrime
 				i++
 			}
-			wl := i - start
+			wl := i - start - (extra - ex0) // characters, not bytes
 			tok := h
 			if isNum {
 				numbers++
@@ -571,12 +673,29 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				}
 				tok = numToken
 			} else {
-				words++
-				wordBytes += wl
-				if wl >= 10 {
-					longWords++
+				if ideo > 0 {
+					// Two characters of a script without spaces make
+					// about a word, of an average word's length.
+					k := (ideo + 1) / 2
+					if wl > 3*ideo { // letters or digits as well
+						k++
+					}
+					words += k
+					wordBytes += 5 * k
+					wl = min(wl, 24)
+				} else {
+					words++
+					wordBytes += wl
+					if wl >= 10 {
+						longWords++
+					}
 				}
-				if midSentence && cl == cUpper && upper-up == 1 && nEnts < len(ents) {
+				firstUp := cl == cUpper
+				if cl == cHigh {
+					r, _ := utf8.DecodeRuneInString(s[start:])
+					firstUp = unicode.IsUpper(r)
+				}
+				if midSentence && firstUp && upper-up == 1 && nEnts < len(ents) {
 					k := 0
 					for k < nEnts && ents[k] != h {
 						k++
@@ -612,6 +731,11 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 			}
 			continue
 		}
+		if ch == '\\' && i+1 < n && s[i+1] == 'n' && (i+2 >= n || charClass[s[i+2]] != cLower) {
+			// A line break written as an escape ("\n"), as in prompts
+			// passed on as string literals; "\nabla" and the like are not.
+			cl, step = cNewline, 2
+		}
 		switch cl {
 		case cNewline:
 			if i+1 < n {
@@ -637,7 +761,7 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 			if isMathOp[ch] {
 				mathOps++
 			}
-			if isCodeChar[ch] {
+			if isCodeChar[ch] && step == 1 {
 				codeChars++
 			}
 			switch ch {
@@ -672,9 +796,19 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 				money++
 			case '\\':
 				latex++
+			case '_':
+				if i == 0 || (s[i-1] != '_' && !isAlnum(s[i-1])) {
+					j := i + 1
+					for j < n && s[j] == '_' {
+						j++
+					}
+					if j == n || !isAlnum(s[j]) {
+						blanks++
+					}
+				}
 			}
 		}
-		i++
+		i += step
 	}
 	if pipes >= 2 {
 		tables++
@@ -686,14 +820,13 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 		numSentences++
 	}
 	if stemEnd < 0 {
-		stemEnd = n
+		stemEnd = n - extra
 	}
 	f := func(x int) float32 { return rw * float32(x) }
 	c.letters += f(letters)
 	c.digits += f(digits)
 	c.upper += f(upper)
 	c.punct += f(punct)
-	c.high += f(high)
 	c.words += f(words)
 	c.wordBytes += f(wordBytes)
 	c.longWords += f(longWords)
@@ -726,10 +859,25 @@ func scanMessage(s string, rw float32, mi int, c *counts, g *gramSink) {
 	c.romans += f(romans)
 	c.ents += f(nEnts)
 	c.parts += f(parts)
+	c.groups += f(groups)
+	c.blanks += f(blanks)
+	if mc := f(maxChoice); mc > c.maxChoice {
+		c.maxChoice = mc
+	}
 	c.commas += f(commas)
 	if md := f(maxDigit); md > c.maxDigits {
 		c.maxDigits = md
 	}
+	return extra
+}
+
+// shareSmoothing is the pseudo-count of characters behind the upper-case and
+// punctuation shares.
+const shareSmoothing = 24
+
+func isAlnum(b byte) bool {
+	cl := charClass[b]
+	return cl == cLower || cl == cUpper || cl == cDigit || cl == cHigh
 }
 
 func log1p(x float32) float32 { return float32(math.Log1p(float64(x))) }
@@ -751,7 +899,7 @@ func fill(in *Input, c *counts, d *Dense) {
 	d[fCodeFences] = log1p(c.codeFences)
 	d[fTableLines] = log1p(c.tableLines)
 	d[fIndentLines] = log1p(c.indentLines)
-	scanned := c.letters + c.digits + c.punct + c.high + 1
+	scanned := c.letters + c.digits + c.punct + 1
 	d[fCodeChars] = ratio(c.codeChars, scanned)
 	d[fDigitShare] = ratio(c.digits, scanned)
 	d[fNumbers] = log1p(c.numbers)
@@ -762,9 +910,10 @@ func fill(in *Input, c *counts, d *Dense) {
 	d[fQuestions] = log1p(c.questions)
 	d[fSentences] = log1p(c.sentences)
 	d[fWordsPerSentence] = log1p(ratio(c.words, c.sentences+1))
-	d[fUpperShare] = ratio(c.upper, c.letters+1)
-	d[fPunctShare] = ratio(c.punct, scanned)
-	d[fNonASCIIShare] = ratio(c.high, scanned)
+	// Shares of a few characters say little: a pseudo-count keeps "Hi!"
+	// or "¡Gracias!" from looking like a wall of punctuation.
+	d[fUpperShare] = ratio(c.upper, c.letters+shareSmoothing)
+	d[fPunctShare] = ratio(c.punct, scanned+shareSmoothing)
 	d[fQuotes] = log1p(c.quotes)
 	d[fParens] = log1p(c.parens)
 	d[fMoneyPct] = log1p(c.moneyPct)
@@ -799,6 +948,9 @@ func fill(in *Input, c *counts, d *Dense) {
 	d[fCapsEmphasis] = log1p(c.caps)
 	d[fRomanLines] = log1p(c.romans)
 	d[fParts] = log1p(c.parts)
+	d[fChoiceSets] = log1p(c.groups)
+	d[fMaxOptions] = c.maxChoice
+	d[fBlanks] = log1p(c.blanks)
 	if c.choiceLines == 0 {
 		// Free text only: in multiple-choice questions these mostly
 		// describe the options. Clauses: commas plus sentence ends.

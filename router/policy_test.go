@@ -32,12 +32,20 @@ func compileT(t testing.TB, c config.Routing, tiers ...string) *Policy {
 	if len(tiers) == 0 {
 		tiers = []string{"small", "large"}
 	}
-	p, err := Compile(c, tiers, nil)
+	p, err := Compile(c, tierList(tiers...), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.scorer = fixedScorer{}
 	return p
+}
+
+func tierList(names ...string) []config.Tier {
+	ts := make([]config.Tier, len(names))
+	for i, n := range names {
+		ts[i].Name = n
+	}
+	return ts
 }
 
 func TestPolicyRoute(t *testing.T) {
@@ -114,13 +122,13 @@ func TestCompileErrors(t *testing.T) {
 	if _, err := Compile(config.Routing{}, nil, nil); err == nil {
 		t.Fatal("no tiers accepted")
 	}
-	if _, err := Compile(config.Routing{Aliases: []config.Alias{{Name: "x", Mode: "sometimes"}}}, []string{"a"}, nil); err == nil {
+	if _, err := Compile(config.Routing{Aliases: []config.Alias{{Name: "x", Mode: "sometimes"}}}, tierList("a"), nil); err == nil {
 		t.Fatal("bad alias mode accepted")
 	}
-	if _, err := Compile(config.Routing{ModelFile: "/nonexistent/model.json"}, []string{"a"}, nil); err == nil {
+	if _, err := Compile(config.Routing{ModelFile: "/nonexistent/model.json"}, tierList("a"), nil); err == nil {
 		t.Fatal("missing model file accepted")
 	}
-	p, err := Compile(config.Routing{Scorer: "length"}, []string{"a"}, nil)
+	p, err := Compile(config.Routing{Scorer: "length"}, tierList("a"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,17 +177,17 @@ func TestPolicyTargetMode(t *testing.T) {
 
 	// A reload with the same target keeps the calibration; another target
 	// starts afresh.
-	p2, err := Compile(c, []string{"small", "large"}, p.Calibrator())
+	p2, err := Compile(c, tierList("small", "large"), p.Calibrator())
 	if err != nil || p2.Calibrator() != p.Calibrator() {
 		t.Fatal("calibrator not kept across a reload with the same settings")
 	}
 	c.TargetEscalationRate = 0.3
-	p3, _ := Compile(c, []string{"small", "large"}, p.Calibrator())
+	p3, _ := Compile(c, tierList("small", "large"), p.Calibrator())
 	if p3.Calibrator() == p.Calibrator() || p3.Calibrator().Seen() != 0 {
 		t.Fatal("calibrator kept although the target changed")
 	}
 	c.TargetEscalationRate = 0
-	p4, _ := Compile(c, []string{"small", "large"}, p.Calibrator())
+	p4, _ := Compile(c, tierList("small", "large"), p.Calibrator())
 	if p4.Calibrator() != nil || p4.TargetRate() != 0 || p4.Threshold() != 0.5 {
 		t.Fatal("fixed mode after target mode")
 	}
@@ -195,15 +203,21 @@ func benchInput() *Input {
 // calibration, and both from many goroutines.
 func BenchmarkDecide(b *testing.B) {
 	for _, bc := range []struct {
-		name string
-		c    config.Routing
+		name  string
+		c     config.Routing
+		tiers []config.Tier
 	}{
-		{"fixed", config.Routing{Threshold: 0.5}},
-		{"target", config.Routing{Threshold: 0.5, TargetEscalationRate: 0.25}},
+		{"fixed", config.Routing{Threshold: 0.5}, nil},
+		{"fixed-context", config.Routing{Threshold: 0.5},
+			[]config.Tier{{Name: "small", MaxContextTokens: 8192}, {Name: "large", MaxContextTokens: 131072}}},
+		{"target", config.Routing{Threshold: 0.5, TargetEscalationRate: 0.25}, nil},
 		{"target-alias-header", config.Routing{Threshold: 0.5, TargetEscalationRate: 0.25, AllowTierHeader: true,
-			Aliases: []config.Alias{{Name: "cheap", Mode: "never"}}}},
+			Aliases: []config.Alias{{Name: "cheap", Mode: "never"}}}, nil},
 	} {
-		p, err := Compile(bc.c, []string{"small", "large"}, nil)
+		if bc.tiers == nil {
+			bc.tiers = tierList("small", "large")
+		}
+		p, err := Compile(bc.c, bc.tiers, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

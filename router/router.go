@@ -67,12 +67,19 @@ type Decision struct {
 	Threshold float64
 	// Escalated is true when the request goes past the cheapest tier.
 	Escalated bool
-	// Reason says why it escalated: "score", "alias" or "header"; "" when it
-	// did not.
+	// Reason says why it escalated: "score", "alias", "header" or
+	// "context"; "" when it did not.
 	Reason string
 	// Cascade is true when the answer of Tier (the cheapest) must be judged
 	// before it reaches the client (Policy.Judge), and escalated if doubted.
 	Cascade bool
+	// Tokens is the context the request needs (estimated prompt tokens plus
+	// max_tokens); 0 when no tier declares max_context_tokens, since then it
+	// is not computed.
+	Tokens int
+	// Overflow: the request fits no tier's context (Route then also returns
+	// ErrContextLength).
+	Overflow bool
 }
 
 // Reasons for an escalation.
@@ -80,10 +87,16 @@ const (
 	ReasonScore  = "score"
 	ReasonAlias  = "alias"
 	ReasonHeader = "header"
+	// ReasonContext: the request does not fit the cheaper tiers' context.
+	ReasonContext = "context"
 )
 
 // ErrUnknownTier is returned for a tier override that names no tier.
 var ErrUnknownTier = errors.New("unknown tier")
+
+// ErrContextLength is returned when a request fits no tier's context (or not
+// the tier a header pins). The gateway answers 400 context_length_exceeded.
+var ErrContextLength = errors.New("context length exceeded")
 
 // aliasMode is how an alias decides.
 type aliasMode uint8
@@ -108,6 +121,8 @@ type Policy struct {
 	threshold   float64     // fixed mode, and the calibrator's warm-up
 	cal         *Calibrator // nil in fixed mode
 	tiers       []string    // cheapest first
+	contexts    []int       // max_context_tokens per tier; 0: unknown
+	limited     bool        // some tier declares a context
 	small       string
 	large       string
 	aliases     map[string]aliasPolicy
@@ -116,17 +131,18 @@ type Policy struct {
 	judge       judge    // the verifier threshold and hybrid band (cascade.go)
 }
 
-// Compile builds a Policy for tiers ordered cheapest first. In target-rate
+// Compile builds a Policy for tiers ordered cheapest first (their names and
+// max_context_tokens are what it reads). In target-rate
 // mode it keeps prev, the calibrator of the policy it replaces, when prev
 // matches c (same target, window and scorer), so a reload does not lose the
 // calibration; otherwise it starts a new one. prev may be nil.
-func Compile(c config.Routing, tiers []string, prev *Calibrator) (*Policy, error) {
+func Compile(c config.Routing, tiers []config.Tier, prev *Calibrator) (*Policy, error) {
 	return CompileFrom(c, tiers, &Policy{cal: prev})
 }
 
 // CompileFrom is Compile keeping every calibrator of prev (the policy being
 // replaced, may be nil) whose settings still match.
-func CompileFrom(c config.Routing, tiers []string, prevPolicy *Policy) (*Policy, error) {
+func CompileFrom(c config.Routing, tiers []config.Tier, prevPolicy *Policy) (*Policy, error) {
 	var prev *Calibrator
 	var prevJudge *judge
 	if prevPolicy != nil {
@@ -142,14 +158,21 @@ func CompileFrom(c config.Routing, tiers []string, prevPolicy *Policy) (*Policy,
 	p := &Policy{
 		scorer:      scorer,
 		threshold:   c.Threshold,
-		tiers:       append([]string(nil), tiers...),
-		small:       tiers[0],
-		large:       tiers[len(tiers)-1],
+		tiers:       make([]string, len(tiers)),
+		contexts:    make([]int, len(tiers)),
 		aliases:     make(map[string]aliasPolicy, len(c.Aliases)),
 		allowHeader: c.AllowTierHeader,
 		strategy:    strategyOf(c.Mode),
 		judge:       compileJudge(c, prevJudge),
 	}
+	for i, t := range tiers {
+		if t.MaxContextTokens < 0 {
+			return nil, fmt.Errorf("router: tier %q: max_context_tokens must not be negative", t.Name)
+		}
+		p.tiers[i], p.contexts[i] = t.Name, t.MaxContextTokens
+		p.limited = p.limited || t.MaxContextTokens > 0
+	}
+	p.small, p.large = p.tiers[0], p.tiers[len(tiers)-1]
 	if c.TargetEscalationRate > 0 {
 		if prev.Matches(c) {
 			p.cal = prev
@@ -209,7 +232,9 @@ func (p *Policy) TargetRate() float64 {
 func (p *Policy) Tiers() []string { return p.tiers }
 
 // Decide scores in and picks a tier for model "auto". Pure CPU, no I/O, no
-// allocations. In target-rate mode the score feeds the calibration.
+// allocations. In target-rate mode the score feeds the calibration. When the
+// request fits no tier's context, Overflow is set (and Tier is the tier
+// chosen without context limits); Route returns ErrContextLength instead.
 func (p *Policy) Decide(in *Input) Decision {
 	d, _ := p.decide("auto", "", in, true)
 	return d
@@ -218,9 +243,13 @@ func (p *Policy) Decide(in *Input) Decision {
 // Route decides for a request that named model (auto or an alias; any other
 // name is treated as auto) and carried tierHeader, the X-Cascade-Tier header
 // ("" when absent). The header pins the tier when the config allows it and is
-// ignored otherwise; naming no tier it returns ErrUnknownTier. In target-rate
-// mode, the scores of requests decided by the calibrated threshold feed the
-// calibration. No allocations unless it returns an error.
+// ignored otherwise; naming no tier it returns ErrUnknownTier. A request
+// never goes to a tier whose context it does not fit: it moves to the
+// cheapest bigger tier that fits (Reason "context"), else the closest cheaper
+// one; when none fits, or the header pins one it does not fit, it returns
+// ErrContextLength. In target-rate mode, the scores of requests decided by
+// the calibrated threshold feed the calibration. No allocations unless it
+// returns an error.
 func (p *Policy) Route(model, tierHeader string, in *Input) (Decision, error) {
 	return p.decide(model, tierHeader, in, true)
 }
@@ -232,6 +261,47 @@ func (p *Policy) DryRun(model, tierHeader string, in *Input) (Decision, error) {
 }
 
 func (p *Policy) decide(model, tierHeader string, in *Input, observe bool) (Decision, error) {
+	d, err := p.route(model, tierHeader, in, observe)
+	if err != nil || !p.limited {
+		return d, err
+	}
+	d.Tokens = need(in)
+	if p.allowHeader && tierHeader != "" { // a pin: that tier or none
+		if !p.fitsAt(p.index(d.Tier), d.Tokens) {
+			d.Overflow = true
+			return d, p.contextErr(d.Tokens, in, d.Tier)
+		}
+		return d, nil
+	}
+	if !p.fit(&d, d.Tokens) {
+		d.Overflow = true
+		return d, p.contextErr(d.Tokens, in, "")
+	}
+	if d.Tier != p.small {
+		d.Cascade = false // only the cheapest tier's answers are judged
+	}
+	return d, nil
+}
+
+func (p *Policy) index(tier string) int {
+	for i, t := range p.tiers {
+		if t == tier {
+			return i
+		}
+	}
+	return 0
+}
+
+func (p *Policy) contextErr(n int, in *Input, tier string) error {
+	if tier != "" {
+		return fmt.Errorf("%w: the request needs about %d tokens (prompt about %d, max_tokens %d); tier %s holds %d",
+			ErrContextLength, n, n-max(in.MaxTokens, 0), max(in.MaxTokens, 0), tier, p.contexts[p.index(tier)])
+	}
+	return fmt.Errorf("%w: the request needs about %d tokens (prompt about %d, max_tokens %d); the largest context is %d",
+		ErrContextLength, n, n-max(in.MaxTokens, 0), max(in.MaxTokens, 0), p.MaxContext())
+}
+
+func (p *Policy) route(model, tierHeader string, in *Input, observe bool) (Decision, error) {
 	ap, ok := p.aliases[model]
 	if !ok {
 		ap.strategy = p.strategy

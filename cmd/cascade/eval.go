@@ -104,6 +104,9 @@ func evaluate(out, progress io.Writer, m *router.Learned, ex []router.Example, s
 		fmt.Fprintf(out, "%-10s weak %.3f strong %.3f\n", src, p.Weak, p.Strong)
 		panels = append(panels, p)
 	}
+	if len(names) > 1 {
+		panels = append(panels, evaluateMixed(out, names, groups, scores))
+	}
 	if plot == "" {
 		return nil
 	}
@@ -120,4 +123,38 @@ func evaluate(out, progress io.Writer, m *router.Learned, ex []router.Example, s
 	}
 	fmt.Fprintf(progress, "eval: wrote %s\n", plot)
 	return nil
+}
+
+// evaluateMixed prints the mixed pool: an equal share of each source, pooled
+// and ranked together; "prior" knows each source's mean gain in hindsight.
+func evaluateMixed(out io.Writer, names []string, groups map[string][]router.Example, scores map[string][]float64) router.PlotPanel {
+	var ex []router.Example
+	var ours []float64
+	for _, src := range names {
+		ex = append(ex, groups[src]...)
+		ours = append(ours, scores[src]...)
+	}
+	weak, strong := router.Outcomes(ex)
+	rows := []struct {
+		name, color string
+		dash        bool
+		mt          router.Metrics
+	}{
+		{"learned", "#d62728", false, router.EvaluateMixed(ex, ours)},
+		{"length", "#1f77b4", false, router.EvaluateMixed(ex, router.ScoreAll(router.LengthScorer{Saturation: math.MaxInt}, ex))},
+		{"prior", "#9467bd", true, router.EvaluateMixed(ex, router.SourcePrior(ex))},
+		{"random", "#7f7f7f", true, router.RandomMixed(ex, 1, 200)},
+		{"oracle", "#2ca02c", true, router.EvaluateMixed(ex, router.OracleScores(weak, strong))},
+	}
+	p := router.PlotPanel{Title: fmt.Sprintf("mixed: equal share of %d sets (n=%d)", len(names), len(ex))}
+	for _, r := range rows {
+		fmt.Fprintf(out, "%-10s %-8s %6d %7.3f %6.1f%% %6.1f%%\n", "mixed", r.name, r.mt.N, r.mt.APGR, 100*r.mt.CPT50, 100*r.mt.CPT80)
+		p.Weak, p.Strong = r.mt.Weak, r.mt.Strong
+		p.Curves = append(p.Curves, router.PlotCurve{
+			Name: r.name, Color: r.color, Dash: r.dash, X: r.mt.Shares, Y: r.mt.Quality,
+			Label: fmt.Sprintf("APGR %.3f", r.mt.APGR),
+		})
+	}
+	fmt.Fprintf(out, "%-10s weak %.3f strong %.3f (prior: each set's mean gain, known in hindsight)\n", "mixed", p.Weak, p.Strong)
+	return p
 }

@@ -60,7 +60,7 @@ func TestTrainAndEvalCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	table := out.String()
-	for _, want := range []string{"alpha", "beta", "learned", "length", "random", "oracle", "APGR", "CPT50", "CPT80"} {
+	for _, want := range []string{"alpha", "beta", "learned", "length", "random", "oracle", "APGR", "CPT50", "CPT80", "mixed      learned", "mixed      prior"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("table lacks %q:\n%s", want, table)
 		}

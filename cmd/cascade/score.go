@@ -52,17 +52,13 @@ or {"id": ..., "error": "..."} for a line that cannot be read.`)
 // (built-in model, the default threshold, tiers small and large) when path is "".
 func scorePolicy(path string) (*router.Policy, error) {
 	routing := config.Default().Routing
-	tiers := []string{"small", "large"}
+	tiers := []config.Tier{{Name: "small"}, {Name: "large"}}
 	if path != "" {
 		cfg, err := config.LoadFile(path)
 		if err != nil {
 			return nil, err
 		}
-		routing = cfg.Routing
-		tiers = tiers[:0]
-		for _, t := range cfg.Tiers {
-			tiers = append(tiers, t.Name)
-		}
+		routing, tiers = cfg.Routing, cfg.Tiers
 	}
 	return router.Compile(routing, tiers, nil)
 }
@@ -214,7 +210,11 @@ func (s *scorer) line(line []byte) {
 		return
 	}
 	s.msgs = in.Messages
-	d := s.p.Decide(&in)
+	d, err := s.p.Route("auto", "", &in)
+	if err != nil { // fits no tier's context
+		s.enc.Encode(scoreErr{ID: id, Error: err.Error()})
+		return
+	}
 	o := scoreOut{ID: id, Score: math.Round(d.Score*1e4) / 1e4, Tier: d.Tier}
 	if s.ex != nil && s.k > 0 {
 		o.Reasons = s.ex.Explain(&in, s.k)

@@ -86,6 +86,11 @@ func runTrain(args []string) error {
 			fmt.Printf("%-8s %-6s %6d %7.3f %6.1f%% %6.1f%%\n", src, part.name, mt.N, mt.APGR, 100*mt.CPT50, 100*mt.CPT80)
 			rep[part.name+"/"+src] = map[string]float64{"apgr": round3(mt.APGR), "cpt50": round3(mt.CPT50), "cpt80": round3(mt.CPT80)}
 		}
+		if len(names) > 1 { // every source weighs the same, ranked together
+			mt := router.EvaluateMixed(part.ex, router.ScoreAll(m, part.ex))
+			fmt.Printf("%-8s %-6s %6d %7.3f %6.1f%% %6.1f%%\n", "mixed", part.name, mt.N, mt.APGR, 100*mt.CPT50, 100*mt.CPT80)
+			rep[part.name+"/mixed"] = map[string]float64{"apgr": round3(mt.APGR), "cpt50": round3(mt.CPT50), "cpt80": round3(mt.CPT80)}
+		}
 	}
 	var meta map[string]any
 	if err := json.Unmarshal(m.Meta(), &meta); err == nil {
@@ -134,6 +139,9 @@ func runAblation(ex []router.Example, opt router.TrainOptions, n int) error {
 		return err
 	}
 	srcs, _ := router.BySource(ex)
+	if len(srcs) > 1 {
+		srcs = append(srcs, "mixed")
+	}
 	fmt.Printf("validation APGR, mean over %d split seeds; delta = without the group − all\n%-14s", n, "left out")
 	for _, s := range srcs {
 		fmt.Printf(" %8s %7s", s, "delta")
