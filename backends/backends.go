@@ -91,9 +91,6 @@ func newEndpoint(tier string, ec config.Endpoint, bc config.Breaker) *Endpoint {
 		Weight: ec.Weight,
 		apiKey: ec.APIKey(),
 	}
-	if e.Weight <= 0 {
-		e.Weight = 1
-	}
 	e.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](breakerSettings(e.key(), bc))
 	e.tel = newEndpointTel(e)
 	return e

@@ -51,7 +51,7 @@ func TestDefaultsFilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Timeouts.Total == 0 || c.Breaker.ConsecutiveFailures != 5 || c.Listen == "" || !Bool(c.Fallback.SmallToLarge, true) {
+	if c.Timeouts.Total == 0 || c.Breaker.ConsecutiveFailures != 5 || c.Listen == "" || !c.Fallback.SmallToLarge {
 		t.Fatalf("defaults not filled: %+v", c)
 	}
 }

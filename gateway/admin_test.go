@@ -474,7 +474,7 @@ func TestAdminRouteDryRun(t *testing.T) {
 	// The dry run agrees with the policy on the request path.
 	for _, prompt := range []string{"What is 2+2?", long} {
 		got := ask(chat("auto", prompt))
-		req, err := parseRequest([]byte(chat("auto", prompt)), true)
+		req, err := parseRequest([]byte(chat("auto", prompt)), true, 64)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -16,7 +16,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/cascade-gateway/cascade/config"
 	"github.com/cascade-gateway/cascade/router"
 )
 
@@ -112,7 +111,7 @@ func startCalibSync(g *Gateway) *calibSync {
 	cs := newCalibSync(g.opts.Redis, newInstanceID(), g.now, func() (*router.Calibrator, string, time.Duration, bool) {
 		s := g.snap.Load()
 		c := s.cfg
-		return s.policy.Calibrator(), c.Redis.Prefix, c.Routing.Calibration.SyncEvery, config.Bool(c.Routing.Calibration.Shared, true)
+		return s.policy.Calibrator(), c.Redis.Prefix, c.Routing.Calibration.SyncEvery, c.Routing.Calibration.Shared
 	})
 	go cs.run()
 	return cs

@@ -44,11 +44,16 @@ type wireRequest struct {
 }
 
 // parseRequest validates a chat (chat=true) or legacy completions body.
-// A well-formed request takes the fast path; anything the fast path does not
-// accept as it stands (malformed JSON, a wrong type, a missing field, a key
-// spelled in another case) is parsed again by parseStrict, which is the
-// reference for both the result and the error messages.
-func parseRequest(body []byte, chat bool) (*request, error) {
+// checkJSON first bounds its nesting to maxDepth and rejects repeated
+// top-level keys. A well-formed request takes the fast path; anything the
+// fast path does not accept as it stands (malformed JSON, a wrong type, a
+// missing field, a key spelled in another case) is parsed again by
+// parseStrict, which is the reference for both the result and the error
+// messages.
+func parseRequest(body []byte, chat bool, maxDepth int) (*request, error) {
+	if err := checkJSON(body, maxDepth); err != nil {
+		return nil, err
+	}
 	if r, ok := parseFast(body, chat); ok {
 		return r, nil
 	}
