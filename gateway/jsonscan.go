@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strings"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -99,7 +100,7 @@ type keySet struct {
 // returns its decoded name if it was already there.
 func (s *keySet) add(raw []byte) string {
 	k := unsafeString(raw)
-	if bytes.IndexByte(raw, '\\') >= 0 {
+	if bytes.IndexByte(raw, '\\') >= 0 || !utf8.Valid(raw) { // decode as encoding/json does
 		var dec string
 		q := make([]byte, 0, len(raw)+2)
 		q = append(append(append(q, '"'), raw...), '"')
