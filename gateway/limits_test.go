@@ -140,6 +140,10 @@ func TestContentEncoding(t *testing.T) {
 			io.WriteString(w, `{"model":"small","messages":[{"role":"user","content":"`+strings.Repeat("a", 64<<10)+`"}]}`)
 		})
 	}
+	// A bomb whose gzip trailer understates its size is still stopped by
+	// the cap while inflating.
+	liar := over("gzip")
+	copy(liar[len(liar)-4:], []byte{10, 0, 0, 0})
 	for _, tc := range []struct {
 		name, enc string
 		body      []byte
@@ -154,6 +158,7 @@ func TestContentEncoding(t *testing.T) {
 		{"identity", "identity", ok, 200, ""},
 		{"upper case", "GZIP", okWith("gzip"), 200, ""},
 		{"gzip over the limit", "gzip", over("gzip"), 413, "max_body_bytes (65536 bytes)"},
+		{"gzip understating its size", "gzip", liar, 413, "max_body_bytes"},
 		{"br over the limit", "br", over("br"), 413, "max_body_bytes"},
 		{"deflate over the limit", "deflate", over("deflate"), 413, "max_body_bytes"},
 		{"unsupported", "zstd", ok, 415, `Content-Encoding "zstd" is not supported`},
