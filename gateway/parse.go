@@ -45,17 +45,17 @@ func (r *rawJSON) UnmarshalJSON(b []byte) error {
 }
 
 type wireMessage struct {
-	Role    string          `json:"role"`
+	Role    string  `json:"role"`
 	Content rawJSON `json:"content"`
 }
 
 type wireRequest struct {
-	Model               *string         `json:"model"`
+	Model               *string `json:"model"`
 	Messages            rawJSON `json:"messages"`
 	Prompt              rawJSON `json:"prompt"`
-	Stream              *bool           `json:"stream"`
-	MaxTokens           *int            `json:"max_tokens"`
-	MaxCompletionTokens *int            `json:"max_completion_tokens"`
+	Stream              *bool   `json:"stream"`
+	MaxTokens           *int    `json:"max_tokens"`
+	MaxCompletionTokens *int    `json:"max_completion_tokens"`
 	Tools               rawJSON `json:"tools"`
 	Functions           rawJSON `json:"functions"`
 	ResponseFormat      rawJSON `json:"response_format"`
