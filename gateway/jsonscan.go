@@ -23,7 +23,9 @@ import (
 //
 // Anything else malformed is left to the parsers, which name the problem.
 // The pass allocates nothing for requests of up to 16 top-level keys;
-// beyond, a set of the keys, which point into body.
+// beyond, a set of the keys, which point into body. More than
+// maxTopLevelKeys keys are refused, so that set stays small whatever the
+// body holds.
 func checkJSON(body []byte, maxDepth int) error {
 	var keys keySet
 	depth := 0
@@ -38,6 +40,9 @@ func checkJSON(body []byte, maxDepth int) error {
 				return nil // unterminated: the parsers say so
 			}
 			if wantKey {
+				if keys.len() == maxTopLevelKeys {
+					return badRequest("", "the request body has more than %d top-level fields", maxTopLevelKeys)
+				}
 				if dup := keys.add(body[i+1 : end]); dup != "" {
 					return badRequest(dup, "the request body has the key %q more than once; send each field once", dup)
 				}
@@ -89,11 +94,22 @@ func stringEnd(b []byte, i int) int {
 	}
 }
 
+// maxTopLevelKeys bounds the fields of a request object. OpenAI's chat
+// completions request has about 40, servers such as vLLM add about 30.
+const maxTopLevelKeys = 1024
+
 // keySet holds the top-level keys seen so far.
 type keySet struct {
 	small [16]string
 	n     int
 	big   map[string]struct{}
+}
+
+func (s *keySet) len() int {
+	if s.big != nil {
+		return len(s.big)
+	}
+	return s.n
 }
 
 // add records a key (raw: between its quotes, escapes undecoded) and

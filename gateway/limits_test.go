@@ -217,6 +217,7 @@ func TestRequestLimits(t *testing.T) {
 		{"duplicate unknown key", `{"model":"small","temperature":1,"temperature":0,"messages":[{"role":"user","content":"hi"}]}`, 400, "temperature", `key "temperature"`},
 		{"nested duplicates are the upstream's business", `{"model":"nope","messages":[{"role":"user","role":"user","content":"hi"}],"x":{"a":1,"a":2}}`, 404, "model", "does not exist"},
 		{"many distinct keys", `{"model":"nope",` + manyKeys(40, false) + `"messages":[{"role":"user","content":"hi"}]}`, 404, "model", "does not exist"},
+		{"too many keys", `{"model":"nope",` + manyKeys(1100, false) + `"messages":[{"role":"user","content":"hi"}]}`, 400, "", "more than 1024 top-level fields"},
 		{"many keys, one repeated", `{"model":"nope",` + manyKeys(40, true) + `"messages":[{"role":"user","content":"hi"}]}`, 400, "k7", `key "k7"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -246,20 +247,21 @@ func itoa(i int) string {
 	return string(b)
 }
 
-// jsonShape is checkJSON's reference: the nesting depth and the first
-// repeated top-level key of a valid JSON text, found with encoding/json's
+// jsonShape is checkJSON's reference: the nesting depth, the first
+// repeated top-level key and the number of distinct top-level keys of a
+// valid JSON text, found with encoding/json's
 // token stream (iterative, so any depth is safe to measure).
-func jsonShape(body []byte) (depth int, dup string, err error) {
+func jsonShape(body []byte) (depth int, dup string, nkeys int, err error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	keys := map[string]bool{}
 	level, topObject, wantKey := 0, false, false
 	for {
 		tok, err := dec.Token()
 		if errors.Is(err, io.EOF) {
-			return depth, dup, nil
+			return depth, dup, len(keys), nil
 		}
 		if err != nil {
-			return 0, "", err
+			return 0, "", 0, err
 		}
 		inTop := level == 1 && topObject
 		switch v := tok.(type) {
@@ -309,6 +311,7 @@ func FuzzCheckJSON(f *testing.F) {
 		`{"a\\":1,"a":2}`,
 		`{"a":{"a":1},"b":[{"a":1}],"a":0}`,
 		`{"model":1,"MoDeL":2}`,
+		`{"a":1,"a":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}`,
 		`{"\u006dodel":1,"model":2}`,
 		`{} {"a":1,"a":1}`,
 		`{"a":1,"a"`,
@@ -320,20 +323,25 @@ func FuzzCheckJSON(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		const limit = 64
 		err := checkJSON(body, limit)
-		depth, dup, refErr := jsonShape(body)
+		depth, dup, keys, refErr := jsonShape(body)
 		if refErr == nil && json.Valid(body) {
+			// The scan stops at the first problem it meets, so with
+			// several any one of them is a right answer.
 			var ae *apiError
+			errors.As(err, &ae)
+			deep, many, repeated := depth > limit, keys > maxTopLevelKeys, dup != ""
 			switch {
-			case depth > limit:
-				if !errors.As(err, &ae) || !strings.Contains(ae.Message, "max_json_depth") {
-					t.Fatalf("depth %d passed or gave %v: %q", depth, err, body)
+			case !deep && !many && !repeated:
+				if err != nil {
+					t.Fatalf("valid body of depth %d without repeated keys refused: %v: %q", depth, err, body)
 				}
-			case dup != "":
-				if !errors.As(err, &ae) || ae.Param != dup {
-					t.Fatalf("repeated key %q passed or gave %v: %q", dup, err, body)
-				}
-			case err != nil:
-				t.Fatalf("valid body of depth %d without repeated keys refused: %v: %q", depth, err, body)
+			case ae == nil:
+				t.Fatalf("passed (depth %d, %d keys, repeated %q): %q", depth, keys, dup, body)
+			case deep && strings.Contains(ae.Message, "max_json_depth"),
+				many && strings.Contains(ae.Message, "top-level fields"),
+				repeated && ae.Param == dup:
+			default:
+				t.Fatalf("wrong reason %q (depth %d, %d keys, repeated %q): %q", ae.Message, depth, keys, dup, body)
 			}
 		}
 		if err == nil {
