@@ -230,9 +230,6 @@ func newEndpoint(tier string, ec config.Endpoint, bc config.Breaker, log *slog.L
 		apiKey: ec.APIKey(),
 		logs:   logLimit{log: log},
 	}
-	if e.Weight <= 0 {
-		e.Weight = 1
-	}
 	st := breakerSettings(e.key(), bc)
 	st.OnStateChange = func(_ string, from, to gobreaker.State) { e.logBreaker(from, to) }
 	e.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](st)

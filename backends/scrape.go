@@ -76,9 +76,6 @@ type Scraper struct {
 	wg       sync.WaitGroup
 }
 
-// DefaultScrapeInterval is used when config.Scrape.Interval is 0.
-const DefaultScrapeInterval = 5 * time.Second
-
 // maxMetricsBytes bounds the metrics page read per scrape.
 const maxMetricsBytes = 8 << 20
 
@@ -97,14 +94,7 @@ func NewScraper() *Scraper {
 // endpoints no longer listed stop. A changed interval or path restarts all.
 // A negative interval stops scraping and clears the reported queues.
 func (s *Scraper) Update(eps []*Endpoint, sc config.Scrape) {
-	interval := sc.Interval
-	if interval == 0 {
-		interval = DefaultScrapeInterval
-	}
-	path := sc.Path
-	if path == "" {
-		path = "/metrics"
-	}
+	interval, path := sc.Interval, sc.Path
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,10 +19,17 @@ import (
 
 // Config is the whole gateway configuration. It is read-only once loaded.
 type Config struct {
-	// Listen is the gateway's address. Default 127.0.0.1:8080.
+	// Listen is the gateway's address, host:port. Default 127.0.0.1:8080.
 	Listen string `yaml:"listen"`
-	// MaxBodyBytes bounds a request body; larger bodies get 413. Default 4 MiB.
+	// MaxBodyBytes bounds a request body, and a compressed body once
+	// inflated; larger bodies get 413. Default 4 MiB.
 	MaxBodyBytes int `yaml:"max_body_bytes"`
+	// MaxJSONDepth bounds how deeply arrays and objects nest in a request
+	// body; a deeper body gets 400 before it is parsed. Default 64: chat
+	// requests nest about 6 deep, JSON schemas in tools rarely past 20.
+	MaxJSONDepth int `yaml:"max_json_depth"`
+	// Server bounds what a client connection may hold (both listeners).
+	Server Server `yaml:"server"`
 	// Tiers are ordered from cheapest to most capable. The first is the tier
 	// the cascade serves on by default, the last the one it escalates to.
 	Tiers    []Tier   `yaml:"tiers"`
@@ -53,13 +62,13 @@ type Tier struct {
 // Endpoint is one upstream model server.
 type Endpoint struct {
 	// URL is the base URL up to and including /v1, e.g. http://10.0.0.5:8000/v1.
-	URL string `yaml:"url"`
+	URL string `yaml:"url" secret:"userinfo"`
 	// Model is the model name the upstream expects.
 	Model string `yaml:"model"`
 	// APIKeyEnv names an environment variable holding the bearer token, if any.
 	// The key itself never appears in the config file or in logs.
 	APIKeyEnv string `yaml:"api_key_env"`
-	// Weight scales the endpoint's share of traffic. 0 means 1.
+	// Weight scales the endpoint's share of traffic. Unset (or 0) means 1.
 	Weight int `yaml:"weight"`
 }
 
@@ -107,9 +116,9 @@ type Calibration struct {
 	// Default 10000.
 	Window int `yaml:"window"`
 	// Shared merges the score histograms of all gateways using the same Redis
-	// and prefix, so a fleet holds the target together. Default true when
-	// redis.url is set.
-	Shared *bool `yaml:"shared"`
+	// and prefix, so a fleet holds the target together. Default true; it has
+	// no effect without redis.url.
+	Shared bool `yaml:"shared"`
 	// SyncEvery is how often a gateway exchanges its histogram through Redis.
 	// Default 1s.
 	SyncEvery time.Duration `yaml:"sync_every"`
@@ -143,13 +152,13 @@ func (a *Alias) UnmarshalYAML(n *yaml.Node) error {
 type Fallback struct {
 	// SmallToLarge: a request for a cheaper tier may go to a more capable one.
 	// Default true.
-	SmallToLarge *bool `yaml:"small_to_large"`
+	SmallToLarge bool `yaml:"small_to_large"`
 	// LargeToSmall: a request for a more capable tier may be served, degraded,
 	// by a cheaper one. Default true.
-	LargeToSmall *bool `yaml:"large_to_small"`
+	LargeToSmall bool `yaml:"large_to_small"`
 }
 
-// Timeouts for upstream calls. Zero fields take the defaults below.
+// Timeouts for upstream calls. Unset fields take the defaults below.
 type Timeouts struct {
 	Connect    time.Duration `yaml:"connect"`     // default 2s
 	FirstByte  time.Duration `yaml:"first_byte"`  // default 60s: a large prompt's prefill can be slow
@@ -175,7 +184,7 @@ type Breaker struct {
 
 // Redis is where records and rollups go. An empty URL means no Redis.
 type Redis struct {
-	URL    string `yaml:"url"`
+	URL    string `yaml:"url" secret:"userinfo"`
 	Prefix string `yaml:"prefix"` // default "cascade:"
 }
 
@@ -218,7 +227,7 @@ type Telemetry struct {
 	ServiceName string `yaml:"service_name"`
 	// OTLPEndpoint (host:port or URL) turns on OTLP export of traces and
 	// metrics; empty means OTEL_EXPORTER_OTLP_ENDPOINT, if set, else none.
-	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	OTLPEndpoint string `yaml:"otlp_endpoint" secret:"userinfo"`
 	// OTLPProtocol is "grpc" or "http/protobuf"; empty means
 	// OTEL_EXPORTER_OTLP_PROTOCOL, else grpc.
 	OTLPProtocol string `yaml:"otlp_protocol"`
@@ -227,24 +236,39 @@ type Telemetry struct {
 	// CaptureContent records prompt and answer text on spans. Default false.
 	CaptureContent bool `yaml:"capture_content"`
 	// Prometheus serves GET /metrics. Default true.
-	Prometheus *bool `yaml:"prometheus"`
+	Prometheus bool `yaml:"prometheus"`
 }
 
 // Scrape reads backends' Prometheus metrics (vLLM, TGI, llama.cpp) for their
 // queue depth, off the request path.
 type Scrape struct {
-	// Interval between scrapes of each endpoint. Default 5s; negative disables.
+	// Interval between scrapes of each endpoint. Unset (or 0) means 5s;
+	// negative disables.
 	Interval time.Duration `yaml:"interval"`
 	// Path is the metrics path relative to the endpoint's host. Default /metrics.
 	Path string `yaml:"path"`
 }
 
-// Bool returns *b, or def when b is nil.
-func Bool(b *bool, def bool) bool {
-	if b == nil {
-		return def
-	}
-	return *b
+// Server bounds the client side of each connection, on the API and the
+// admin listener alike. A request that breaks a limit is answered (408, 431)
+// where HTTP allows it, and its connection closed.
+type Server struct {
+	// ReadHeaderTimeout is how long a client may take to send a request's
+	// line and headers, counted from the connection's opening or, on a
+	// keep-alive connection, from the request's first byte. Default 10s, as
+	// hardened reverse proxies do: a slow-header (slowloris) client holds a
+	// connection no longer.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	// ReadBodyTimeout is how long a client may take to send a request's
+	// body once its headers are in. Default 60s: a 4 MiB body at 1 Mbit/s
+	// takes 34s.
+	ReadBodyTimeout time.Duration `yaml:"read_body_timeout"`
+	// IdleTimeout closes a keep-alive connection that sends no new request
+	// for this long. Default 120s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxHeaderBytes bounds a request's line and headers together; larger
+	// ones get 431. It is also each connection's read buffer. Default 16384.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
 }
 
 // Default returns a configuration with every default filled and no tiers.
@@ -252,7 +276,12 @@ func Default() Config {
 	return Config{
 		Listen:       "127.0.0.1:8080",
 		MaxBodyBytes: 4 << 20,
-		Routing:      Routing{Threshold: 0.75, Mode: ModeRoute, Cascade: defaultCascade()},
+		MaxJSONDepth: 64,
+		Server: Server{ReadHeaderTimeout: 10 * time.Second, ReadBodyTimeout: 60 * time.Second,
+			IdleTimeout: 120 * time.Second, MaxHeaderBytes: 16 << 10},
+		Routing: Routing{Threshold: 0.75, Scorer: "learned", Mode: ModeRoute, Cascade: defaultCascade(),
+			Calibration: Calibration{Window: 10000, Shared: true, SyncEvery: time.Second}},
+		Fallback: Fallback{SmallToLarge: true, LargeToSmall: true},
 		Timeouts: Timeouts{
 			Connect:    2 * time.Second,
 			FirstByte:  60 * time.Second,
@@ -266,13 +295,14 @@ func Default() Config {
 		Redis:   Redis{Prefix: "cascade:"},
 		Recorder: Recorder{QueueSize: 65536, FlushInterval: 200 * time.Millisecond, BatchSize: 512,
 			StreamMaxLen: 1_000_000, Retention: 30 * 24 * time.Hour},
-		Telemetry: Telemetry{ServiceName: "cascade"},
+		Telemetry: Telemetry{ServiceName: "cascade", Prometheus: true},
 		Scrape:    Scrape{Interval: 5 * time.Second, Path: "/metrics"},
 	}
 }
 
-// Parse decodes YAML strictly (unknown keys are errors) over the defaults and
-// validates the result.
+// Parse decodes YAML strictly (unknown keys are errors) over the defaults,
+// fills the defaults that depend on the file (per endpoint, per tier) and
+// validates the result. Consumers read every field as it is: none re-defaults.
 func Parse(data []byte) (*Config, error) {
 	c := Default()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -300,25 +330,48 @@ func LoadFile(path string) (*Config, error) {
 	return c, nil
 }
 
+// defaultPUE is a data centre's power usage effectiveness when a GPU profile
+// gives none: 1.2 is typical of a modern hyperscale facility.
+const defaultPUE = 1.2
+
+// fill sets what Default cannot: defaults inside lists (endpoints, tiers,
+// aliases) and fields a file may have set to their zero value where zero is
+// documented to mean the default.
 func (c *Config) fill() {
+	d := Default()
 	for i := range c.Tiers {
-		for j := range c.Tiers[i].Endpoints {
-			if c.Tiers[i].Endpoints[j].Weight == 0 {
-				c.Tiers[i].Endpoints[j].Weight = 1
+		t := &c.Tiers[i]
+		for j := range t.Endpoints {
+			if t.Endpoints[j].Weight == 0 {
+				t.Endpoints[j].Weight = 1
 			}
 		}
+		if g := t.Cost.GPU; g != nil && g.PUE == 0 {
+			g.PUE = defaultPUE
+		}
+	}
+	for i := range c.Routing.Aliases {
+		if c.Routing.Aliases[i].Mode == "" {
+			c.Routing.Aliases[i].Mode = "auto"
+		}
+	}
+	if c.Routing.Scorer == "" {
+		c.Routing.Scorer = d.Routing.Scorer
 	}
 	if c.Redis.Prefix == "" {
-		c.Redis.Prefix = "cascade:"
+		c.Redis.Prefix = d.Redis.Prefix
 	}
 	if c.Routing.Calibration.Window == 0 {
-		c.Routing.Calibration.Window = 10000
+		c.Routing.Calibration.Window = d.Routing.Calibration.Window
 	}
 	if c.Routing.Calibration.SyncEvery == 0 {
-		c.Routing.Calibration.SyncEvery = time.Second
+		c.Routing.Calibration.SyncEvery = d.Routing.Calibration.SyncEvery
+	}
+	if c.Scrape.Interval == 0 {
+		c.Scrape.Interval = d.Scrape.Interval
 	}
 	if c.Scrape.Path == "" {
-		c.Scrape.Path = "/metrics"
+		c.Scrape.Path = d.Scrape.Path
 	}
 }
 
@@ -328,11 +381,25 @@ func (c *Config) Validate() error {
 	bad := func(field, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
 	}
-	if c.Listen == "" {
-		bad("listen", "must not be empty")
+	if err := checkHostPort(c.Listen); err != nil {
+		bad("listen", "%v", err)
+	}
+	if c.Admin.Listen != "" {
+		if err := checkHostPort(c.Admin.Listen); err != nil {
+			bad("admin.listen", "%v", err)
+		} else if c.Admin.Listen == c.Listen {
+			bad("admin.listen", "%q is the API's listen address; leave it empty to serve /admin there", c.Admin.Listen)
+		}
 	}
 	if c.MaxBodyBytes <= 0 {
 		bad("max_body_bytes", "must be positive, got %d", c.MaxBodyBytes)
+	}
+	if c.MaxJSONDepth < 2 || c.MaxJSONDepth > 10000 {
+		// 2: a request object holding an array; 10000: encoding/json's own limit.
+		bad("max_json_depth", "must be within [2, 10000], got %d", c.MaxJSONDepth)
+	}
+	if c.Server.MaxHeaderBytes < 4096 {
+		bad("server.max_header_bytes", "must be at least 4096, got %d", c.Server.MaxHeaderBytes)
 	}
 	if len(c.Tiers) == 0 {
 		bad("tiers", "at least one tier is required")
@@ -369,8 +436,8 @@ func (c *Config) Validate() error {
 			if e.Model == "" {
 				bad(ef+".model", "must not be empty")
 			}
-			if e.Weight < 0 {
-				bad(ef+".weight", "must not be negative, got %d", e.Weight)
+			if e.Weight < 1 {
+				bad(ef+".weight", "must be at least 1, got %d", e.Weight)
 			}
 		}
 	}
@@ -425,7 +492,10 @@ func (c *Config) Validate() error {
 	if r := c.Telemetry.SampleRatio; r != nil && (*r < 0 || *r > 1) {
 		bad("telemetry.sample_ratio", "must be within [0, 1], got %g", *r)
 	}
-	if c.Scrape.Path != "" && !strings.HasPrefix(c.Scrape.Path, "/") {
+	if c.Scrape.Interval == 0 {
+		bad("scrape.interval", "must not be 0: a positive interval, or negative to disable scraping")
+	}
+	if !strings.HasPrefix(c.Scrape.Path, "/") {
 		bad("scrape.path", "must start with /, got %q", c.Scrape.Path)
 	}
 	if c.Retries < 0 || c.Retries > 10 {
@@ -437,7 +507,9 @@ func (c *Config) Validate() error {
 	}{{"timeouts.connect", c.Timeouts.Connect}, {"timeouts.first_byte", c.Timeouts.FirstByte},
 		{"timeouts.stream_idle", c.Timeouts.StreamIdle}, {"timeouts.total", c.Timeouts.Total},
 		{"timeouts.attempts_total", c.Timeouts.AttemptsTotal},
-		{"breaker.open_for", c.Breaker.OpenFor}} {
+		{"breaker.open_for", c.Breaker.OpenFor},
+		{"server.read_header_timeout", c.Server.ReadHeaderTimeout}, {"server.read_body_timeout", c.Server.ReadBodyTimeout},
+		{"server.idle_timeout", c.Server.IdleTimeout}, {"routing.calibration.sync_every", c.Routing.Calibration.SyncEvery}} {
 		if d.v <= 0 {
 			bad(d.name, "must be a positive duration, got %v", d.v)
 		}
@@ -451,4 +523,20 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkHostPort accepts host:port with a numeric port, as net.Listen takes
+// it (an empty host means every interface).
+func checkHostPort(addr string) error {
+	if addr == "" {
+		return errors.New("must not be empty; use host:port, e.g. 127.0.0.1:8080")
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:8080", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port must be a number within [0, 65535]", addr)
+	}
+	return nil
 }

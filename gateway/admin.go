@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -71,11 +72,7 @@ func (g *Gateway) initOps(cfg *config.Config) {
 	g.ops.reloads = c
 	if cfg.Admin.Listen != "" {
 		g.ops.listen = cfg.Admin.Listen
-		g.ops.app = fiber.New(fiber.Config{
-			DisableStartupMessage: true,
-			ErrorHandler:          fiberErrorHandler,
-			IdleTimeout:           120 * time.Second,
-		})
+		g.ops.app = g.newApp(cfg)
 		g.ops.app.Use(g.requestID)
 	}
 }
@@ -100,7 +97,7 @@ func (g *Gateway) listenAdmin() error {
 	}
 	ln, err := net.Listen("tcp", g.ops.listen)
 	if err != nil {
-		return fmt.Errorf("admin.listen: %w", err)
+		return fmt.Errorf("admin.listen: cannot bind %s: %w", g.ops.listen, err)
 	}
 	go g.ops.app.Listener(ln)
 	return nil
@@ -230,7 +227,9 @@ func restartRequired(old, cur *config.Config) []string {
 	}
 	diff("listen", old.Listen, cur.Listen)
 	diff("admin.listen", old.Admin.Listen, cur.Admin.Listen)
-	diff("max_body_bytes", old.MaxBodyBytes, cur.MaxBodyBytes)
+	diff("server.read_header_timeout", old.Server.ReadHeaderTimeout, cur.Server.ReadHeaderTimeout)
+	diff("server.idle_timeout", old.Server.IdleTimeout, cur.Server.IdleTimeout)
+	diff("server.max_header_bytes", old.Server.MaxHeaderBytes, cur.Server.MaxHeaderBytes)
 	diff("timeouts.connect", old.Timeouts.Connect, cur.Timeouts.Connect)
 	diff("timeouts.first_byte", old.Timeouts.FirstByte, cur.Timeouts.FirstByte)
 	diff("redis", old.Redis, cur.Redis)
@@ -321,10 +320,13 @@ func (g *Gateway) adminConfig(c *fiber.Ctx) error {
 // redacted replaces secret values in the config document.
 const redacted = "REDACTED"
 
-// redactedConfig is cfg as a generic document (YAML key names) with secrets
-// replaced: passwords in URLs (redis.url, endpoint URLs, OTLP endpoint) and
-// any value under a key that names a secret. Names of environment variables
-// (api_key_env, token_env) are kept; their values are never in the config.
+// redactedConfig is cfg, the effective configuration (every default
+// filled), as a generic document with YAML key names, and the fields the
+// config marks secret replaced. The struct tag secret:"true" replaces the
+// whole value; secret:"userinfo" (URLs: endpoints, redis.url, the OTLP
+// endpoint) only a password in the URL. Names of environment variables
+// (api_key_env, token_env) are no secrets; their values are never in the
+// config.
 func redactedConfig(cfg *config.Config) (map[string]any, error) {
 	b, err := yaml.Marshal(cfg)
 	if err != nil {
@@ -334,45 +336,55 @@ func redactedConfig(cfg *config.Config) (map[string]any, error) {
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		return nil, err
 	}
-	redactValue(doc)
+	redactSecrets(reflect.TypeOf(cfg), doc)
 	return doc, nil
 }
 
-func redactValue(v any) any {
-	switch x := v.(type) {
-	case map[string]any:
-		for k, e := range x {
-			if secretKey(k) {
-				if s, ok := e.(string); !ok || s != "" {
-					x[k] = redacted
-				}
+// redactSecrets walks doc, the YAML document of a value of type t, and
+// redacts the fields t's struct tags mark secret.
+func redactSecrets(t reflect.Type, doc any) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := doc.(map[string]any)
+		if !ok {
+			return
+		}
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			v, ok := m[name]
+			if !ok {
 				continue
 			}
-			x[k] = redactValue(e)
+			switch f.Tag.Get("secret") {
+			case "true":
+				if s, isStr := v.(string); !isStr || s != "" {
+					m[name] = redacted
+				}
+			case "userinfo":
+				if s, isStr := v.(string); isStr {
+					m[name] = redactURL(s)
+				}
+			default:
+				redactSecrets(f.Type, v)
+			}
 		}
-	case []any:
-		for i := range x {
-			x[i] = redactValue(x[i])
+	case reflect.Slice, reflect.Array:
+		if l, ok := doc.([]any); ok {
+			for _, v := range l {
+				redactSecrets(t.Elem(), v)
+			}
 		}
-	case string:
-		return redactURL(x)
-	}
-	return v
-}
-
-// secretKey reports whether a config key holds a secret value itself (as
-// opposed to the name of an environment variable holding one).
-func secretKey(k string) bool {
-	k = strings.ToLower(k)
-	if strings.HasSuffix(k, "_env") {
-		return false
-	}
-	for _, s := range []string{"password", "secret", "token", "api_key", "apikey"} {
-		if strings.Contains(k, s) {
-			return true
+	case reflect.Map:
+		if m, ok := doc.(map[string]any); ok {
+			for _, v := range m {
+				redactSecrets(t.Elem(), v)
+			}
 		}
 	}
-	return false
 }
 
 // redactURL hides the password (or a lone user token) in a URL's userinfo.

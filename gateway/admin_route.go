@@ -87,9 +87,15 @@ type routeAnswer struct {
 // (features that moved the score most; default 8).
 func (g *Gateway) adminRoute(c *fiber.Ctx) error {
 	s := g.snap.Load()
-	body := c.Body()
+	body, err := requestBody(c, s.cfg.MaxBodyBytes)
+	if err == nil {
+		err = checkJSON(body, s.cfg.MaxJSONDepth) // before gjson looks
+	}
+	if err != nil {
+		return writeError(c, err)
+	}
 	chat := gjson.GetBytes(body, "messages").Exists() || !gjson.GetBytes(body, "prompt").Exists()
-	req, err := parseRequest(body, chat)
+	req, err := parseRequest(body, chat, s.cfg.MaxJSONDepth)
 	if err != nil {
 		return writeError(c, err)
 	}

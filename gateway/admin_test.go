@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -210,6 +211,73 @@ func TestAdminConfigRedacted(t *testing.T) {
 		t.Fatal("yaml leaks the redis password")
 	}
 	_ = g
+}
+
+// /admin/config is the effective configuration: defaults filled in, and
+// only fields marked secret redacted (decode_tokens_per_sec is no secret
+// although its name contains "token").
+func TestAdminConfigEffective(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+tiers:
+  - name: small
+    endpoints: [{url: "http://127.0.0.1:1/v1", model: small-model}]
+    cost: {gpu: {gpus: 1, usd_per_gpu_hour: 2.5, watts_per_gpu: 500, prefill_tokens_per_sec: 50000, decode_tokens_per_sec: 5000}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := adminToken(t, cfg)
+	_, base := startGateway(t, cfg, Options{})
+	status, body := adminDo(t, "GET", base+"/admin/config", tok, "")
+	if status != 200 {
+		t.Fatalf("status %d: %s", status, body)
+	}
+	var got struct {
+		Config struct {
+			MaxJSONDepth int `json:"max_json_depth"`
+			Server       struct {
+				ReadHeaderTimeout string `json:"read_header_timeout"`
+				MaxHeaderBytes    int    `json:"max_header_bytes"`
+			} `json:"server"`
+			Fallback map[string]any `json:"fallback"`
+			Scrape   struct {
+				Interval string `json:"interval"`
+			} `json:"scrape"`
+			Tiers []struct {
+				Endpoints []struct {
+					Weight int `json:"weight"`
+				} `json:"endpoints"`
+				Cost struct {
+					GPU map[string]any `json:"gpu"`
+				} `json:"cost"`
+			} `json:"tiers"`
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(body, &got); err != nil {
+		t.Fatal(err)
+	}
+	c := got.Config
+	gpu := c.Tiers[0].Cost.GPU
+	for _, chk := range []struct {
+		name string
+		ok   bool
+	}{
+		{"decode_tokens_per_sec", gpu["decode_tokens_per_sec"] == 5000.0},
+		{"prefill_tokens_per_sec", gpu["prefill_tokens_per_sec"] == 50000.0},
+		{"pue", gpu["pue"] == 1.2},
+		{"weight", c.Tiers[0].Endpoints[0].Weight == 1},
+		{"fallback", c.Fallback["small_to_large"] == true && c.Fallback["large_to_small"] == true},
+		{"scrape.interval", c.Scrape.Interval == "5s"},
+		{"max_json_depth", c.MaxJSONDepth == 64},
+		{"server", c.Server.ReadHeaderTimeout == "10s" && c.Server.MaxHeaderBytes == 16384},
+	} {
+		if !chk.ok {
+			t.Errorf("%s not shown as effective: %s", chk.name, body)
+		}
+	}
+	if strings.Contains(string(body), "REDACTED") {
+		t.Fatalf("nothing secret in this config, yet: %s", body)
+	}
 }
 
 // TestAdminBackendsShape checks GET /admin/backends against the documented
@@ -474,7 +542,7 @@ func TestAdminRouteDryRun(t *testing.T) {
 	// The dry run agrees with the policy on the request path.
 	for _, prompt := range []string{"What is 2+2?", long} {
 		got := ask(chat("auto", prompt))
-		req, err := parseRequest([]byte(chat("auto", prompt)), true)
+		req, err := parseRequest([]byte(chat("auto", prompt)), true, 64)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -523,5 +591,36 @@ func TestAdminRouteDryRun(t *testing.T) {
 	}
 	if !sort.Float64sAreSorted(mags) {
 		t.Fatalf("reasons not sorted by magnitude: %v", hard.Reasons)
+	}
+}
+
+// A field tagged secret:"true" is replaced whole, at any depth; its
+// neighbours are not, whatever their names.
+func TestRedactSecretsByTag(t *testing.T) {
+	type inner struct {
+		Key        string `yaml:"key" secret:"true"`
+		Empty      string `yaml:"empty" secret:"true"`
+		TokenCount int    `yaml:"token_count"`
+		URL        string `yaml:"url" secret:"userinfo"`
+	}
+	type outer struct {
+		Items []inner          `yaml:"items"`
+		ByID  map[string]inner `yaml:"by_id"`
+		Ptr   *inner           `yaml:"ptr"`
+	}
+	in := inner{Key: "s3cret", TokenCount: 7, URL: "redis://u:pw@h:1/0"}
+	doc := map[string]any{}
+	b, _ := yaml.Marshal(outer{Items: []inner{in}, ByID: map[string]inner{"a": in}, Ptr: &in})
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	redactSecrets(reflect.TypeOf(outer{}), doc)
+	out, _ := json.Marshal(doc)
+	if strings.Contains(string(out), "s3cret") || strings.Contains(string(out), "pw@") {
+		t.Fatalf("secret left: %s", out)
+	}
+	if strings.Count(string(out), `"key":"REDACTED"`) != 3 || strings.Count(string(out), `"token_count":7`) != 3 ||
+		strings.Count(string(out), `"empty":""`) != 3 || strings.Count(string(out), "u:REDACTED@h") != 3 {
+		t.Fatalf("unexpected redaction: %s", out)
 	}
 }

@@ -46,7 +46,7 @@ func BenchmarkParse(b *testing.B) {
 		for _, p := range []struct {
 			name  string
 			parse func([]byte, bool) (*request, error)
-		}{{"", parseRequest}, {"strict-", parseStrict}} {
+		}{{"", func(b []byte, chat bool) (*request, error) { return parseRequest(b, chat, 64) }}, {"strict-", parseStrict}} {
 			b.Run(fmt.Sprintf("%schat-%dKB", p.name, size>>10), func(b *testing.B) {
 				b.ReportAllocs()
 				b.SetBytes(int64(len(body)))

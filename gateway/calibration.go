@@ -16,7 +16,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/cascade-gateway/cascade/config"
 	"github.com/cascade-gateway/cascade/router"
 )
 
@@ -123,7 +122,7 @@ func startCalibSync(g *Gateway, id string, judge bool) *calibSync {
 		if judge {
 			cal, prefix = s.policy.JudgeCalibrator(), prefix+"verifier:"
 		}
-		return cal, prefix, c.Routing.Calibration.SyncEvery, config.Bool(c.Routing.Calibration.Shared, true)
+		return cal, prefix, c.Routing.Calibration.SyncEvery, c.Routing.Calibration.Shared
 	})
 	go cs.run()
 	return cs

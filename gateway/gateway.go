@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
 	"github.com/redis/go-redis/v9"
+	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
@@ -109,13 +111,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		g.ops.scraper.Stop()
 		return nil, err
 	}
-	g.app = fiber.New(fiber.Config{
-		BodyLimit:             cfg.MaxBodyBytes,
-		DisableStartupMessage: true,
-		ErrorHandler:          fiberErrorHandler,
-		ReadTimeout:           0,
-		IdleTimeout:           120 * time.Second,
-	})
+	g.app = g.newApp(cfg)
 	g.routes()
 	id := newInstanceID()
 	g.calib = startCalibSync(g, id, false)
@@ -123,16 +119,50 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	return g, nil
 }
 
+// newApp is a fiber app with the connection limits of cfg.Server. The header
+// timeout and the buffer (which bounds the header size) are fixed for the
+// process; the body timeout and size limit are read from the current
+// snapshot when each request's headers are in, so a reload changes them.
+//
+// fasthttp has one read deadline per connection: ReadTimeout sets it when a
+// request's first byte arrives (or the connection opens), HeaderReceived
+// moves it once the headers are in. Between requests IdleTimeout applies.
+func (g *Gateway) newApp(cfg *config.Config) *fiber.App {
+	app := fiber.New(fiber.Config{
+		BodyLimit:             cfg.MaxBodyBytes,
+		DisableStartupMessage: true,
+		ErrorHandler:          fiberErrorHandler,
+		ReadTimeout:           cfg.Server.ReadHeaderTimeout,
+		IdleTimeout:           cfg.Server.IdleTimeout,
+		ReadBufferSize:        cfg.Server.MaxHeaderBytes,
+	})
+	app.Server().HeaderReceived = func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+		c := g.snap.Load().cfg
+		return fasthttp.RequestConfig{ReadTimeout: c.Server.ReadBodyTimeout, MaxRequestBodySize: c.MaxBodyBytes}
+	}
+	return app
+}
+
 // App returns the fiber app, for Listen or Test.
 func (g *Gateway) App() *fiber.App { return g.app }
 
-// Listen serves on addr until Shutdown.
-func (g *Gateway) Listen(addr string) error {
-	if err := g.listenAdmin(); err != nil {
-		return err
+// Listen binds the API's address and, when admin.listen is set, starts
+// serving the admin listener. It returns the API's listener for Serve; on
+// error nothing is left listening.
+func (g *Gateway) Listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen: cannot bind %s: %w", addr, err)
 	}
-	return g.app.Listen(addr)
+	if err := g.listenAdmin(); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
+
+// Serve serves the API on ln (from Listen) until Shutdown.
+func (g *Gateway) Serve(ln net.Listener) error { return g.app.Listener(ln) }
 
 // Shutdown stops accepting requests and waits for in-flight ones (streams
 // included) until ctx ends. Requests still running shortly before ctx's

@@ -77,8 +77,11 @@ func (g *Gateway) complete(c *fiber.Ctx, chat bool) error {
 func (x *exchange) serve(c *fiber.Ctx, chat bool) (bool, error) {
 	g, s := x.g, x.s
 	x.outcome = costing.OutcomeRejected
-	body := c.Body()
-	req, err := parseRequest(body, chat)
+	body, err := requestBody(c, s.cfg.MaxBodyBytes)
+	if err != nil {
+		return false, writeError(c, err)
+	}
+	req, err := parseRequest(body, chat, s.cfg.MaxJSONDepth)
 	if err != nil {
 		return false, writeError(c, err)
 	}
@@ -336,10 +339,10 @@ func (s *snapshot) tryOrder(tier string) []string {
 	}
 	order := make([]string, 0, len(s.tiers))
 	order = append(order, tier)
-	if idx < len(s.tiers)-1 && boolOr(s.cfg.Fallback.SmallToLarge, true) {
+	if idx < len(s.tiers)-1 && s.cfg.Fallback.SmallToLarge {
 		order = append(order, s.tiers[idx+1:]...)
 	}
-	if idx > 0 && boolOr(s.cfg.Fallback.LargeToSmall, true) {
+	if idx > 0 && s.cfg.Fallback.LargeToSmall {
 		for i := idx - 1; i >= 0; i-- {
 			order = append(order, s.tiers[i])
 		}
@@ -361,9 +364,3 @@ func (s *snapshot) cheaper(a, b string) bool {
 	return ia < ib
 }
 
-func boolOr(b *bool, def bool) bool {
-	if b == nil {
-		return def
-	}
-	return *b
-}

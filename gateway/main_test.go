@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"os"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -12,6 +13,10 @@ import (
 // on its own up to 10s after the server stopped, nor its process-wide Date
 // header ticker.
 func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" { // a gateway process for memory_test.go
+		runGatewayChild()
+		return
+	}
 	goleak.VerifyTestMain(m,
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),

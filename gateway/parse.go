@@ -16,6 +16,12 @@ import (
 
 // request is what the gateway needs to know of a completion request. The
 // original bytes are forwarded; this is parsed once to route and validate.
+//
+// Model and the roles are copies. The messages' contents may share the
+// body's memory (fasthttp's buffer, reused after the handler returns), so
+// that a request costs one body and not two: they are valid only while the
+// handler runs; anything that keeps them longer (a span attribute, an
+// asynchronous job) copies them first.
 type request struct {
 	Model    string
 	Stream   bool
@@ -26,29 +32,46 @@ type request struct {
 	IncludeUsage bool
 }
 
+// rawJSON is a JSON value as a view of the body being parsed: unlike
+// json.RawMessage it does not copy (encoding/json hands UnmarshalJSON a
+// slice of the input, and the input, the request body, outlives the
+// parse), so the strict path, too, costs no second body.
+type rawJSON []byte
+
+// UnmarshalJSON keeps b.
+func (r *rawJSON) UnmarshalJSON(b []byte) error {
+	*r = b
+	return nil
+}
+
 type wireMessage struct {
-	Role    string          `json:"role"`
-	Content json.RawMessage `json:"content"`
+	Role    string  `json:"role"`
+	Content rawJSON `json:"content"`
 }
 
 type wireRequest struct {
-	Model               *string         `json:"model"`
-	Messages            json.RawMessage `json:"messages"`
-	Prompt              json.RawMessage `json:"prompt"`
-	Stream              *bool           `json:"stream"`
-	MaxTokens           *int            `json:"max_tokens"`
-	MaxCompletionTokens *int            `json:"max_completion_tokens"`
-	Tools               json.RawMessage `json:"tools"`
-	Functions           json.RawMessage `json:"functions"`
-	ResponseFormat      json.RawMessage `json:"response_format"`
+	Model               *string `json:"model"`
+	Messages            rawJSON `json:"messages"`
+	Prompt              rawJSON `json:"prompt"`
+	Stream              *bool   `json:"stream"`
+	MaxTokens           *int    `json:"max_tokens"`
+	MaxCompletionTokens *int    `json:"max_completion_tokens"`
+	Tools               rawJSON `json:"tools"`
+	Functions           rawJSON `json:"functions"`
+	ResponseFormat      rawJSON `json:"response_format"`
 }
 
 // parseRequest validates a chat (chat=true) or legacy completions body.
-// A well-formed request takes the fast path; anything the fast path does not
-// accept as it stands (malformed JSON, a wrong type, a missing field, a key
-// spelled in another case) is parsed again by parseStrict, which is the
-// reference for both the result and the error messages.
-func parseRequest(body []byte, chat bool) (*request, error) {
+// checkJSON first bounds its nesting to maxDepth and rejects repeated
+// top-level keys. A well-formed request takes the fast path; anything the
+// fast path does not accept as it stands (malformed JSON, a wrong type, a
+// missing field, a key spelled in another case) is parsed again by
+// parseStrict, which is the reference for both the result and the error
+// messages.
+func parseRequest(body []byte, chat bool, maxDepth int) (*request, error) {
+	if err := checkJSON(body, maxDepth); err != nil {
+		return nil, err
+	}
 	if r, ok := parseFast(body, chat); ok {
 		return r, nil
 	}
@@ -96,11 +119,11 @@ func parseStrict(body []byte, chat bool) (*request, error) {
 	return r, nil
 }
 
-func isSet(raw json.RawMessage) bool {
+func isSet(raw rawJSON) bool {
 	return len(raw) > 0 && !bytes.Equal(raw, []byte("null"))
 }
 
-func (r *request) parseMessages(raw json.RawMessage) error {
+func (r *request) parseMessages(raw rawJSON) error {
 	if !isSet(raw) {
 		return badRequest("messages", "'messages' is required and must be a non-empty array of {role, content} objects")
 	}
@@ -131,7 +154,7 @@ func (r *request) parseMessages(raw json.RawMessage) error {
 
 // contentText flattens a message's content: a string, null, or an array of
 // parts whose text parts are joined.
-func contentText(raw json.RawMessage) (string, error) {
+func contentText(raw rawJSON) (string, error) {
 	if !isSet(raw) {
 		return "", nil
 	}
@@ -171,7 +194,7 @@ func partsText(parts gjson.Result) (string, error) {
 	return sb.String(), bad
 }
 
-func (r *request) parsePrompt(raw json.RawMessage) error {
+func (r *request) parsePrompt(raw rawJSON) error {
 	if !isSet(raw) {
 		return badRequest("prompt", "'prompt' is required: a string or an array of strings")
 	}
@@ -282,9 +305,10 @@ func parseFast(body []byte, chat bool) (*request, bool) {
 	if !gjson.ValidBytes(body) {
 		return nil, false
 	}
-	// One copy of the body: every string below is a substring of it (or
-	// an unescaped copy), so nothing refers to the server's buffers.
-	root := gjson.ParseBytes(body)
+	// No copy of the body: a string without escapes is a view of it, one
+	// with escapes gjson's unescaped copy. What may outlive the handler is
+	// cloned below (see request).
+	root := gjson.Parse(unsafeString(body))
 	if !root.IsObject() {
 		return nil, false
 	}
@@ -301,7 +325,7 @@ func parseFast(body []byte, chat bool) (*request, bool) {
 			if v.Type != gjson.String {
 				ok = false
 			} else {
-				r.Model, hasModel = v.Str, true
+				r.Model, hasModel = strings.Clone(v.Str), true
 				if !plainString(v) {
 					ok = false
 				}
@@ -396,7 +420,7 @@ func (r *request) fastMessages(msgs gjson.Result) bool {
 				if v.Type != gjson.String || !plainString(v) {
 					ok = false
 				}
-				role = v.Str
+				role = cloneRole(v.Str)
 			case "content":
 				switch {
 				case v.Type == gjson.Null:
@@ -460,6 +484,23 @@ func (r *request) fastPrompt(p gjson.Result) bool {
 	}
 	r.Messages = []router.Message{{Role: "user", Content: text}}
 	return true
+}
+
+// cloneRole copies a role, without allocating for the usual ones.
+func cloneRole(s string) string {
+	switch s {
+	case "system":
+		return "system"
+	case "user":
+		return "user"
+	case "assistant":
+		return "assistant"
+	case "tool":
+		return "tool"
+	case "developer":
+		return "developer"
+	}
+	return strings.Clone(s)
 }
 
 // plainString reports whether gjson's reading of a string value is exactly

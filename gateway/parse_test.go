@@ -116,9 +116,9 @@ func TestParseStreamOptions(t *testing.T) {
 		{`{"model":"a","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}`, true},
 		{`{"model":"a","stream":true,"stream_options":{"include_usage":false},"messages":[{"role":"user","content":"x"}]}`, false},
 		{`{"model":"a","stream":true,"messages":[{"role":"user","content":"x"}]}`, false},
-		{`{"model":"a","stream":true,"stream_options":{"include_usage":true},"MESSAGES":[],"messages":[{"role":"user","content":"x"}]}`, true},
+		{`{"model":"a","stream":true,"stream_options":{"include_usage":true},"MAX_TOKENS":5,"messages":[{"role":"user","content":"x"}]}`, true},
 	} {
-		r, err := parseRequest([]byte(tc.body), true)
+		r, err := parseRequest([]byte(tc.body), true, 64)
 		if err != nil {
 			t.Fatal(err)
 		}

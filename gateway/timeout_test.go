@@ -57,7 +57,7 @@ func TestReadyz(t *testing.T) {
 	cfg := testConfig(t, []string{smallURL}, []string{"http://127.0.0.1:1/v1"})
 	cfg.Retries = 0
 	cfg.Breaker.OpenFor = time.Hour
-	cfg.Fallback.LargeToSmall = new(bool) // keep failures on the large tier
+	cfg.Fallback.LargeToSmall = false // keep failures on the large tier
 	g, base := startGateway(t, cfg, Options{})
 	get := func() int {
 		resp, err := http.Get(base + "/readyz")
@@ -81,7 +81,7 @@ func TestReadyz(t *testing.T) {
 	}
 	// With fallback to the small tier the gateway can serve every request: ready, degraded.
 	cfg2 := *cfg
-	cfg2.Fallback.LargeToSmall = nil
+	cfg2.Fallback.LargeToSmall = true
 	if err := g.Apply(&cfg2); err != nil {
 		t.Fatal(err)
 	}

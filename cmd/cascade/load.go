@@ -496,15 +496,6 @@ func processCPU(pid int) (float64, error) {
 	return (ut + st) / clkTck, nil
 }
 
-// selfCPU is this process's user+system CPU time in seconds.
-func selfCPU() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
-
 func cpuOver(sec float64, wall time.Duration, requests int) cpuUse {
 	u := cpuUse{Seconds: sec}
 	if wall > 0 {

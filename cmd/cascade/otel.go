@@ -87,7 +87,7 @@ func setupTelemetry(ctx context.Context, cfg *config.Config, opts *gateway.Optio
 		// The interval follows OTEL_METRIC_EXPORT_INTERVAL (default 60s).
 		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)))
 	}
-	if config.Bool(tc.Prometheus, true) {
+	if tc.Prometheus {
 		reg := prometheus.NewRegistry()
 		exp, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithoutUnits())
 		if err != nil {

@@ -320,8 +320,7 @@ func TestSetupTelemetryOptions(t *testing.T) {
 	restoreGlobals(t)
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 	cfg := otelTestConfig(t, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")
-	off := false
-	cfg.Telemetry.Prometheus = &off
+	cfg.Telemetry.Prometheus = false
 	ratio := 0.0
 	cfg.Telemetry.SampleRatio = &ratio
 	var opts gateway.Options

@@ -82,13 +82,18 @@ func serve(cfg *config.Config, path string, opts gateway.Options, grace, drain t
 		return err
 	}
 	stopWatch := watchConfig(ctx, g, path)
-	errc := make(chan error, 1)
-	go func() { errc <- g.Listen(cfg.Listen) }()
-	slog.Info("cascade gateway listening", "addr", cfg.Listen, "tiers", len(cfg.Tiers))
-	select {
-	case err = <-errc:
-	case <-ctx.Done():
-		slog.Info("shutting down", "grace", grace)
+	// "listening" is logged only once the addresses are bound; a taken port
+	// ends serve with the error.
+	ln, err := g.Listen(cfg.Listen)
+	if err == nil {
+		slog.Info("cascade gateway listening", "addr", ln.Addr().String(), "admin", cfg.Admin.Listen, "tiers", len(cfg.Tiers))
+		errc := make(chan error, 1)
+		go func() { errc <- g.Serve(ln) }()
+		select {
+		case err = <-errc:
+		case <-ctx.Done():
+			slog.Info("shutting down", "grace", grace)
+		}
 	}
 	stopWatch()
 	dctx, cancel := context.WithTimeout(context.Background(), grace)

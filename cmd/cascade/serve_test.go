@@ -1,96 +1,90 @@
 package main
 
 import (
-	"context"
-	"fmt"
-	"io"
-	"math/rand/v2"
+	"bytes"
+	"errors"
 	"net"
-	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
-
-	"github.com/redis/go-redis/v9"
-
-	"github.com/cascade-gateway/cascade/backends/sim"
-	"github.com/cascade-gateway/cascade/config"
-	"github.com/cascade-gateway/cascade/gateway"
 )
 
-// On SIGTERM the recorder drains with its own deadline after the HTTP
-// drain: with a grace period that is over at once, the records of the
-// requests served are still written.
-func TestServeDrainsRecorderAfterGrace(t *testing.T) {
-	simURL, err := startSim(sim.Config{Model: "small-model"})
+// TestMain lets a test run the binary's main in a child process
+// (CASCADE_TEST_MAIN=1, arguments after "--"), to see its exit status.
+func TestMain(m *testing.M) {
+	if os.Getenv("CASCADE_TEST_MAIN") != "" {
+		for i, a := range os.Args {
+			if a == "--" {
+				os.Args = append([]string{"cascade"}, os.Args[i+1:]...)
+				break
+			}
+		}
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// runMain runs "cascade args..." in a child process and returns its exit
+// code and output.
+func runMain(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"-test.run=^$", "--"}, args...)...)
+	cmd.Env = append(os.Environ(), "CASCADE_TEST_MAIN=1", "OTEL_EXPORTER_OTLP_ENDPOINT=")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), out.String()
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
+	return 0, out.String()
+}
+
+// serve on a port that is taken exits non-zero, says why, and never
+// claims to be listening.
+func TestServePortTaken(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	cfg := config.Default()
-	cfg.Listen = addr
-	cfg.Tiers = []config.Tier{{Name: "small", Endpoints: []config.Endpoint{{URL: simURL, Model: "small-model", Weight: 1}},
-		Cost: config.Cost{GPU: &demoSmallGPU}}}
-	cfg.Redis.URL = "redis://127.0.0.1:6379/0"
-	cfg.Redis.Prefix = fmt.Sprintf("test:%s:%x:", t.Name(), rand.Uint64())
-	cfg.Recorder.FlushInterval = time.Hour // only the drain writes
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	defer rdb.Close()
-	defer func() {
-		ctx := context.Background()
-		if keys, _ := rdb.Keys(ctx, cfg.Redis.Prefix+"*").Result(); len(keys) > 0 {
-			rdb.Del(ctx, keys...)
-		}
-	}()
-	logs := captureLogs(t)
-
-	served := make(chan error, 1)
-	go func() { served <- serve(&cfg, "", gateway.Options{}, time.Nanosecond, 5*time.Second) }()
-	const n = 20
-	url := "http://" + addr + "/v1/chat/completions"
-	deadline := time.Now().Add(10 * time.Second)
-	for sent := 0; sent < n; {
-		resp, err := http.Post(url, "application/json",
-			strings.NewReader(`{"model":"auto","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}`))
-		if err != nil {
-			if time.Now().After(deadline) {
-				t.Fatalf("gateway does not answer: %v", err)
+	defer ln.Close()
+	for _, tc := range []struct{ name, extra, want string }{
+		{"api", "", "listen: cannot bind " + ln.Addr().String()},
+		{"admin", "admin: {listen: \"" + ln.Addr().String() + "\"}\n", "admin.listen: cannot bind " + ln.Addr().String()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			listen := ln.Addr().String()
+			if tc.extra != "" {
+				listen = "127.0.0.1:0"
 			}
-			time.Sleep(20 * time.Millisecond)
-			continue
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("status %d", resp.StatusCode)
-		}
-		sent++
+			path := filepath.Join(t.TempDir(), "cascade.yaml")
+			cfg := "listen: \"" + listen + "\"\n" + tc.extra + "scrape: {interval: -1s}\n" +
+				"tiers: [{name: small, endpoints: [{url: 'http://127.0.0.1:1/v1', model: m}]}]\n"
+			if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			code, out := runMain(t, "serve", "-config", path)
+			if code == 0 || !strings.Contains(out, tc.want) || !strings.Contains(out, "address already in use") {
+				t.Fatalf("exit %d, output:\n%s\nwant non-zero and %q", code, out, tc.want)
+			}
+			if strings.Contains(out, "listening") {
+				t.Fatalf("logged listening although the bind failed:\n%s", out)
+			}
+		})
 	}
-	// serve has registered for SIGTERM before it listened.
-	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-served:
-		t.Logf("serve returned %v", err)
-	case <-time.After(15 * time.Second):
-		t.Fatal("serve did not return after SIGTERM")
-	}
-	stream := cfg.Redis.Prefix + "req:" + time.Now().UTC().Format("20060102")
-	if got := rdb.XLen(context.Background(), stream).Val(); got != n {
-		t.Fatalf("%d records in Redis after shutdown, want %d", got, n)
-	}
-	if l := logs.find("recorder drained"); len(l) != 1 || l[0]["written"] != int64(n) {
-		t.Fatalf("drain lines %v", l)
+}
+
+func TestCheckConfigListen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cascade.yaml")
+	os.WriteFile(path, []byte("listen: banana\ntiers: [{name: small, endpoints: [{url: 'http://127.0.0.1:1/v1', model: m}]}]\n"), 0o600)
+	code, out := runMain(t, "check-config", path)
+	if code == 0 || !strings.Contains(out, `listen: "banana" is not host:port`) {
+		t.Fatalf("exit %d: %s", code, out)
 	}
 }

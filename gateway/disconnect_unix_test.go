@@ -1,3 +1,5 @@
+//go:build unix
+
 package gateway
 
 import (
@@ -145,4 +147,22 @@ func TestClientWatchLeavesPipelinedRequest(t *testing.T) {
 	if st := small.Stats(); st.Cancelled != 0 || st.Completed != 2 {
 		t.Fatalf("simulator: %+v", st)
 	}
+}
+
+// The watch outlives the body's read deadline: a client that leaves after
+// server.read_body_timeout still cancels its request.
+func TestClientWatchOutlivesBodyTimeout(t *testing.T) {
+	small, smallURL := simServer(t, sim.Config{Model: "small-model", TTFT: 20 * time.Second})
+	cfg := testConfig(t, []string{smallURL}, []string{smallURL})
+	cfg.Server.ReadBodyTimeout = 100 * time.Millisecond
+	_, base := startGateway(t, cfg, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions",
+		strings.NewReader(`{"model":"small","messages":[{"role":"user","content":"hi"}]}`))
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("request finished (%d) although the backend takes 20s", resp.StatusCode)
+	}
+	waitCancelled(t, small, 1)
 }
