@@ -24,6 +24,9 @@ func cascadeSetup(t *testing.T, smallCfg sim.Config, tune func(*config.Config)) 
 	large, largeURL := simServer(t, sim.Config{Model: "large-model", MinTokens: 8, MaxTokens: 8})
 	cfg := testConfig(t, []string{smallURL}, []string{largeURL})
 	cfg.Routing.Mode = config.ModeCascade
+	// Prices high enough that a dozen tokens cost whole micro-dollars.
+	cfg.Tiers[0].Cost = config.Cost{InputUSDPerMTok: 100, OutputUSDPerMTok: 400}
+	cfg.Tiers[1].Cost = config.Cost{InputUSDPerMTok: 1000, OutputUSDPerMTok: 4000}
 	if tune != nil {
 		tune(cfg)
 	}
