@@ -3,14 +3,14 @@ package gateway
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
-	"time"
 	"strings"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/tidwall/sjson"
@@ -363,4 +363,3 @@ func (s *snapshot) cheaper(a, b string) bool {
 	}
 	return ia < ib
 }
-
