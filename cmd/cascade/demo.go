@@ -41,7 +41,8 @@ func runDemo(args []string) error {
 		records = "redis://" + mr.Addr() + "/0"
 	}
 	// Two simulated tiers: a fast distilled model and a slower large one.
-	smallURL, err := startSim(sim.Config{Model: "llama-3.2-1b-instruct", TTFT: 20 * time.Millisecond, ITL: 5 * time.Millisecond})
+	smallURL, err := startSim(sim.Config{Model: "llama-3.2-1b-instruct", TTFT: 20 * time.Millisecond, ITL: 5 * time.Millisecond,
+		HardShare: 0.3}) // about a third of its answers come out unsure
 	if err != nil {
 		return err
 	}
@@ -66,6 +67,12 @@ func runDemo(args []string) error {
 		token = hex.EncodeToString(b[:])
 		os.Setenv(cfg.Admin.TokenEnv, token)
 	}
+	// "auto" is hybrid: the prompt settles the clear cases and the small
+	// model's answer is judged in between; two aliases show the other
+	// modes side by side on the same traffic.
+	cfg.Routing.Mode = config.ModeHybrid
+	cfg.Routing.Aliases = []config.Alias{{Name: "auto-route", Mode: config.ModeRoute},
+		{Name: "auto-cascade", Mode: config.ModeCascade}}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -80,9 +87,15 @@ func runDemo(args []string) error {
   dashboard         http://%[1]s/dashboard#token=%[7]s
   admin API         curl -H 'Authorization: Bearer %[7]s' http://%[1]s/admin/stats?window=1h
 
+Routing: "auto" is hybrid, "auto-route" decides on the prompt alone, "auto-cascade"
+judges every small answer first (X-Cascade-Confidence, X-Cascade-Escalated: confidence).
+The small simulator answers about 30%% of prompts unsure; "[[hard]]" in a prompt forces it.
+
 Try:
   curl -si http://%[1]s/v1/chat/completions -H 'Content-Type: application/json' \
-    -d '{"model":"auto","messages":[{"role":"user","content":"What is 2+2?"}]}'
+    -d '{"model":"auto-cascade","messages":[{"role":"user","content":"What is 2+2?"}]}'
+  curl -si http://%[1]s/v1/chat/completions -H 'Content-Type: application/json' \
+    -d '{"model":"auto-cascade","messages":[{"role":"user","content":"[[hard]] Prove it."}]}'
   cascade stats --redis %[4]s --prefix %[5]s --window 1h --by tier
 
 Ctrl-C stops it.
@@ -132,6 +145,9 @@ var demoPrompts = []string{
 	"Which of the following is NOT a consequence of the Coase theorem? I. ... II. ... III. ... Explain each option.",
 }
 
+// demoModels are the routing modes the sample traffic rotates through.
+var demoModels = []string{"auto", "auto-route", "auto-cascade"}
+
 // demoTraffic sends sample chat requests at rate per second until the process ends.
 func demoTraffic(url string, rate float64) {
 	time.Sleep(500 * time.Millisecond) // let the gateway start listening
@@ -139,8 +155,8 @@ func demoTraffic(url string, rate float64) {
 	defer tick.Stop()
 	for i := 0; ; i++ {
 		<-tick.C
-		body := fmt.Sprintf(`{"model":"auto","max_tokens":64,"stream":%t,"messages":[{"role":"user","content":%q}]}`,
-			i%3 == 0, demoPrompts[i%len(demoPrompts)])
+		body := fmt.Sprintf(`{"model":%q,"max_tokens":64,"stream":%t,"messages":[{"role":"user","content":%q}]}`,
+			demoModels[i%len(demoModels)], i%2 == 0, demoPrompts[i%len(demoPrompts)])
 		go func() {
 			resp, err := http.Post(url, "application/json", strings.NewReader(body))
 			if err == nil {
