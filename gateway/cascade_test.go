@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"math"
+	"strconv"
 	"net/http"
 	"strings"
 	"testing"
@@ -196,5 +198,42 @@ func TestHybridBand(t *testing.T) {
 	r := waitRecord(t, rec)
 	if r.Cascaded || r.Escalated || hr.Header.Get("X-Cascade-Confidence") != "" || large.Stats().Requests != 0 {
 		t.Fatalf("below the band: record %+v, headers %v", r, hr.Header)
+	}
+}
+
+// With a target escalation rate the verifier's threshold follows the
+// verifier scores, so the share of confidence escalations holds the target
+// whatever share of answers the cheap model is unsure of.
+func TestCascadeHoldsTargetEscalationRate(t *testing.T) {
+	const target = 0.25
+	_, _, rec, client := cascadeSetup(t, sim.Config{MinTokens: 8, MaxTokens: 24, HardShare: 0.5}, func(c *config.Config) {
+		c.Routing.Cascade.TargetEscalationRate = target
+		c.Routing.Calibration.Window = 200
+	})
+	const warm, n = 300, 400
+	for i := 0; i < warm+n; i++ {
+		p := chatParams("auto", "Question "+strconv.Itoa(i)+": what follows?")
+		if _, err := client.Chat.Completions.New(context.Background(), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(rec.records()) < warm+n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	recs := rec.records()[warm:]
+	esc := 0
+	for _, r := range recs {
+		if !r.Cascaded {
+			t.Fatalf("record not cascaded: %+v", r)
+		}
+		if r.Escalated {
+			esc++
+		}
+	}
+	rate := float64(esc) / float64(len(recs))
+	t.Logf("escalated %.3f of %d cascaded answers (target %.2f)", rate, len(recs), target)
+	if math.Abs(rate-target) > 0.05 {
+		t.Fatalf("escalated %.3f of %d after warm-up, want %.2f ± 0.05 (the simulator is unsure of half)", rate, len(recs), target)
 	}
 }
