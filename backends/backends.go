@@ -120,6 +120,7 @@ type Endpoint struct {
 	apiKey string
 
 	inflight atomic.Int64
+	logprobs atomic.Int32 // 0 unknown, 1 sends them, 2 does not (Logprobs)
 	// queue is the upstream's own reported waiting requests (scraped), if any.
 	queue atomic.Int64
 	// coolUntil is when a cool-down asked for by the upstream (429, or 503
@@ -150,6 +151,28 @@ func (e *Endpoint) BreakerState() gobreaker.State { return e.cb.State() }
 // is not open and it is not cooling down.
 func (e *Endpoint) Available() bool {
 	return e.cb.State() != gobreaker.StateOpen && e.CoolDownLeft() == 0
+}
+
+// Logprobs reports whether e's answers carry token logprobs when asked:
+// "yes", "no", or "" until an answer was seen. The cascade's verifier falls
+// back to the answer text for endpoints that send none.
+func (e *Endpoint) Logprobs() string {
+	switch e.logprobs.Load() {
+	case 1:
+		return "yes"
+	case 2:
+		return "no"
+	}
+	return ""
+}
+
+// SawLogprobs records whether an answer asked for with logprobs had them.
+func (e *Endpoint) SawLogprobs(had bool) {
+	v := int32(2)
+	if had {
+		v = 1
+	}
+	e.logprobs.Store(v)
 }
 
 // CoolDownLeft is how long e still cools down after the upstream asked for

@@ -417,6 +417,10 @@ type backendJSON struct {
 	ErrorRate float64  `json:"error_rate"`
 	Queue     int64    `json:"queue"`
 	Load      loadJSON `json:"load"`
+	// Logprobs says whether the endpoint's answers carried token logprobs
+	// when the cascade asked for them ("yes", "no"; "" before any).
+	Logprobs     string  `json:"logprobs,omitempty"`
+	CoolDownSecs float64 `json:"cool_down_s,omitempty"`
 }
 
 type loadJSON struct {
@@ -447,7 +451,7 @@ func (g *Gateway) adminBackends(c *fiber.Ctx) error {
 				Tier: e.Tier, URL: redactURL(e.URL), Model: e.Model, Weight: e.Weight,
 				Available: e.Available(), Breaker: e.BreakerState().String(),
 				InFlight: e.InFlight(), LatencyMS: e.LatencyMS(), ErrorRate: e.ErrorRate(),
-				Queue: e.Queue(), Load: lj,
+				Queue: e.Queue(), Load: lj, Logprobs: e.Logprobs(), CoolDownSecs: e.CoolDownLeft().Seconds(),
 			})
 		}
 	}

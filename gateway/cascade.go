@@ -188,6 +188,9 @@ func (x *exchange) cascade(ctx context.Context, f *firstAnswer, large *backends.
 		return nil, nil, err
 	}
 	a := f.col.Answer()
+	if f.strip {
+		f.resp.Endpoint.SawLogprobs(len(a.Tokens) > 0)
+	}
 	v := s.policy.Judge(s.verifier.Score(&x.req.Input, &a))
 	x.rec.Cascaded, x.rec.Verifier, x.rec.Hold = true, v.Score, f.wait
 	if !v.Escalate {

@@ -2,9 +2,10 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"math"
-	"strconv"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -235,5 +236,44 @@ func TestCascadeHoldsTargetEscalationRate(t *testing.T) {
 	t.Logf("escalated %.3f of %d cascaded answers (target %.2f)", rate, len(recs), target)
 	if math.Abs(rate-target) > 0.05 {
 		t.Fatalf("escalated %.3f of %d after warm-up, want %.2f ± 0.05 (the simulator is unsure of half)", rate, len(recs), target)
+	}
+}
+
+// /admin/backends tells which endpoints send logprobs when the cascade asks.
+func TestCascadeReportsLogprobsPerEndpoint(t *testing.T) {
+	t.Setenv("CASCADE_TEST_ADMIN_TOKEN", "tok")
+	var base string
+	_, _, _, client := cascadeSetup(t, sim.Config{MinTokens: 6, MaxTokens: 6}, func(c *config.Config) {
+		c.Admin.TokenEnv = "CASCADE_TEST_ADMIN_TOKEN"
+	})
+	if _, err := client.Chat.Completions.New(context.Background(), chatParams("auto", "[[easy]] hi"),
+		option.WithResponseInto(new(*http.Response)), option.WithMiddleware(func(r *http.Request, next option.MiddlewareNext) (*http.Response, error) {
+			base = r.URL.Scheme + "://" + r.URL.Host
+			return next(r)
+		})); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", base+"/admin/backends", nil)
+	req.Header.Set("Authorization", "Bearer tok")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Endpoints []struct {
+			Tier     string `json:"tier"`
+			Logprobs string `json:"logprobs"`
+		} `json:"endpoints"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, e := range out.Endpoints {
+		got[e.Tier] = e.Logprobs
+	}
+	if got["small"] != "yes" || got["large"] != "" {
+		t.Fatalf("logprobs by tier %v, want small yes and large unknown", got)
 	}
 }

@@ -62,6 +62,7 @@ func (x *exchange) served(e *backends.Endpoint) {
 	default:
 		x.rec.Move, x.outcome = costing.MoveDown, costing.OutcomeDegradedDown
 	}
+	x.g.moves.note(x.start, x.rec.Move, x.dec.Tier, e.Tier)
 }
 
 // tried records the endpoint a failed attempt chain reached last, so the

@@ -57,6 +57,7 @@ type Gateway struct {
 	tel      *telemetry // tracer and instruments (telemetry.go)
 	ops      operator   // reloads, admin listener, scraping (admin.go)
 	calib    *calibSync // shares the routing calibration through Redis (calibration.go)
+	moves    moveLog    // fallback and degraded episodes in the log (episodes.go)
 	// judgeCalib shares the verifier's calibration in the cascade modes.
 	judgeCalib *calibSync
 	// stopping is cancelled shortly before the shutdown grace ends: what is
