@@ -39,6 +39,10 @@ const (
 	keyEnergyWh    = attribute.Key("cascade.energy_wh")
 	keyRequestID   = attribute.Key("cascade.request_id")
 	keyEstimated   = attribute.Key("cascade.tokens_estimated")
+	keyVerifier    = attribute.Key("cascade.verifier_score")
+	keyHoldMS      = attribute.Key("cascade.hold_ms")
+	keyWastedUSD   = attribute.Key("cascade.wasted_cost_usd")
+	keyDiscarded   = attribute.Key("cascade.discarded_model")
 )
 
 // telemetry holds the gateway's tracer and instruments; created once in New.
@@ -406,6 +410,12 @@ func annotate(span trace.Span, rec *costing.Record, ended bool) {
 		}
 		if rec.Move != costing.MoveNone {
 			span.SetAttributes(keyMove.String(rec.Move.String()))
+		}
+		if rec.Cascaded {
+			span.SetAttributes(keyVerifier.Float64(rec.Verifier), keyHoldMS.Float64(float64(rec.Hold)/1e6))
+		}
+		if rec.Discarded.Tier != "" {
+			span.SetAttributes(keyDiscarded.String(rec.Discarded.Model), keyWastedUSD.Float64(float64(rec.WastedMicroUSD)/1e6))
 		}
 		if !rec.Outcome.OK() {
 			span.SetAttributes(semconv.ErrorTypeKey.String(rec.Outcome.String()))
