@@ -277,3 +277,31 @@ func TestCascadeReportsLogprobsPerEndpoint(t *testing.T) {
 		t.Fatalf("logprobs by tier %v, want small yes and large unknown", got)
 	}
 }
+
+// An escalated cascade shows one client span per attempt under the server
+// span, and the verifier's facts on the server span.
+func TestCascadeTraceHasBothAttempts(t *testing.T) {
+	_, smallURL := simServer(t, sim.Config{Model: "small-model", MinTokens: 6, MaxTokens: 6})
+	_, largeURL := simServer(t, sim.Config{Model: "large-model", MinTokens: 6, MaxTokens: 6})
+	var opts Options
+	h := newOtelHarness(t, &opts)
+	cfg := testConfig(t, []string{smallURL}, []string{largeURL})
+	cfg.Routing.Mode = config.ModeCascade
+	_, base := startGateway(t, cfg, opts)
+	client := sdkClient(base)
+	if _, err := client.Chat.Completions.New(context.Background(), chatParams("auto", "[[hard]] Prove it.")); err != nil {
+		t.Fatal(err)
+	}
+	spans := h.waitSpans(t, 3)
+	server := findSpan(t, spans, "POST /v1/chat/completions")
+	for _, name := range []string{"chat small-model", "chat large-model"} {
+		if s := findSpan(t, spans, name); s.Parent.SpanID() != server.SpanContext.SpanID() {
+			t.Fatalf("%s is not a child of the server span", name)
+		}
+	}
+	wantAttr(t, server, "cascade.reason", "confidence")
+	wantAttr(t, server, "cascade.discarded_model", "small-model")
+	if v, ok := attrOf(server, "cascade.verifier_score"); !ok || v.AsFloat64() < 0.5 {
+		t.Fatalf("verifier score %v on the server span", v)
+	}
+}
