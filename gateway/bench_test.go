@@ -14,6 +14,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cascade-gateway/cascade/backends/sim"
+	"github.com/cascade-gateway/cascade/config"
 )
 
 // benchChatBody is a realistic chat request of about size bytes: a system
@@ -251,4 +252,38 @@ func BenchmarkUpstreamClient(b *testing.B) {
 			do()
 		}
 	})
+}
+
+// BenchmarkHandlerCascade compares one non-streaming request in route mode
+// with the same request in cascade mode (the cheap answer asked with top-5
+// logprobs, held, judged and released), against a zero-latency simulator
+// that confidently answers with 32 tokens. cascade minus route is what
+// judging the answer costs the gateway, beyond the small model's own time
+// (the simulator's logprobs serialisation is in both "direct-logprobs" and
+// "cascade").
+func BenchmarkHandlerCascade(b *testing.B) {
+	_, simURL := simServer(b, sim.Config{Model: "small-model", MinTokens: 32, MaxTokens: 32})
+	route := testConfig(b, []string{simURL}, []string{simURL})
+	casc := testConfig(b, []string{simURL}, []string{simURL})
+	casc.Routing.Mode = config.ModeCascade
+	_, routeBase := startGateway(b, route, Options{})
+	_, cascBase := startGateway(b, casc, Options{})
+	c := benchClient(b)
+	body := bytes.Replace(benchChatBody(1<<10, false), []byte(`"model":"small"`), []byte(`"model":"auto"`), 1)
+	body = bytes.Replace(body, []byte("Summarise the conversation"), []byte("[[easy]] Summarise the conversation"), 1)
+	withLP := bytes.Replace(body, []byte(`"model":"auto",`), []byte(`"model":"small-model","logprobs":true,"top_logprobs":5,`), 1)
+	for _, tc := range []struct {
+		name, url string
+		body      []byte
+	}{{"direct-logprobs", simURL + "/chat/completions", withLP},
+		{"route", routeBase + "/v1/chat/completions", body},
+		{"cascade", cascBase + "/v1/chat/completions", body}} {
+		b.Run(tc.name, func(b *testing.B) {
+			post(b, c, tc.url, tc.body)
+			b.ReportAllocs()
+			for b.Loop() {
+				post(b, c, tc.url, tc.body)
+			}
+		})
+	}
 }
