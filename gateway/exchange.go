@@ -66,20 +66,15 @@ func (x *exchange) served(e *backends.Endpoint) {
 }
 
 // tried records the endpoint a failed attempt chain reached last, so the
-// record of a failed request says who was asked.
+// record of a failed request says who was asked. Move stays none: it says
+// where a request was served, and fallback rates, rollups and metrics
+// count it, so a chain that failed on a fallback tier is no fallback.
 func (x *exchange) tried(tier string, err error) {
 	x.rec.Tier = tier
 	if e := backends.TriedEndpoint(err); e != nil {
 		x.rec.Tier, x.rec.Model, x.rec.Endpoint = e.Tier, e.Model, e.URL
 	}
-	switch {
-	case x.rec.Tier == x.dec.Tier || x.rec.Tier == "":
-		x.rec.Move = costing.MoveNone
-	case x.s.cheaper(x.dec.Tier, x.rec.Tier):
-		x.rec.Move = costing.MoveUp
-	default:
-		x.rec.Move = costing.MoveDown
-	}
+	x.rec.Move = costing.MoveNone
 }
 
 // errShutdown ends requests still running when the gateway's shutdown
