@@ -18,7 +18,7 @@ var gatewayMetrics = map[string][]string{
 	"gen_ai_client_operation_duration":            {"gen_ai_operation_name", "gen_ai_request_model", "gen_ai_response_model", "cascade_tier", "error_type"},
 	"gen_ai_client_token_usage":                   {"gen_ai_token_type", "gen_ai_response_model", "cascade_tier"},
 	"gen_ai_client_operation_time_to_first_chunk": {"cascade_tier"},
-	"cascade_requests_total":                      {"cascade_tier", "cascade_status", "cascade_escalated"},
+	"cascade_requests_total":                      {"cascade_tier", "cascade_outcome", "cascade_escalated"},
 	"cascade_escalations_total":                   {"cascade_tier", "cascade_reason"},
 	"cascade_cost_total":                          {"cascade_tier"},
 	"cascade_baseline_cost_total":                 {"cascade_tier"},
