@@ -63,10 +63,10 @@ func printReport(w io.Writer, rep *costing.Report, window time.Duration) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, strings.ToUpper(rep.By)+"\tREQUESTS\tESCALATED\tFALLBACK UP\tDEGRADED\tERRORS\tCLIENT ERR\tCANCELLED\tIN TOKENS\tOUT TOKENS\tCOST $\tBASELINE $\tSAVED\tENERGY Wh\tOUT TOK/Wh\tP50 ms\tP95 ms\tP99 ms\tTTFT P50 ms\t")
+	fmt.Fprintln(tw, strings.ToUpper(rep.By)+"\tREQUESTS\tESCALATED\tFALLBACK UP\tDEGRADED\tERRORS\tCLIENT ERR\tCANCELLED\tJUDGED\tCONF ESC\tWASTED $\tIN TOKENS\tOUT TOKENS\tCOST $\tBASELINE $\tSAVED\tENERGY Wh\tOUT TOK/Wh\tP50 ms\tP95 ms\tP99 ms\tTTFT P50 ms\t")
 	row := func(name string, g costing.Group) {
-		fmt.Fprintf(tw, "%s\t%d\t%.1f%%\t%.1f%%\t%.1f%%\t%d\t%d\t%d\t%d\t%d\t%.6f\t%.6f\t%.1f%%\t%.3f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t\n",
-			name, g.Requests, 100*g.EscalationRate, 100*g.FallbackRate, 100*g.DegradedRate, g.Errors, g.ClientErrors, g.Cancelled, g.InputTokens, g.OutputTokens,
+		fmt.Fprintf(tw, "%s\t%d\t%.1f%%\t%.1f%%\t%.1f%%\t%d\t%d\t%d\t%d\t%.1f%%\t%.6f\t%d\t%d\t%.6f\t%.6f\t%.1f%%\t%.3f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t\n",
+			name, g.Requests, 100*g.EscalationRate, 100*g.FallbackRate, 100*g.DegradedRate, g.Errors, g.ClientErrors, g.Cancelled, g.Cascaded, 100*g.ConfidenceRate, g.WastedUSD, g.InputTokens, g.OutputTokens,
 			g.CostUSD, g.BaselineCostUSD, 100*g.SavingsRate, g.EnergyWh, g.TokensPerWh,
 			g.LatencyMs.P50, g.LatencyMs.P95, g.LatencyMs.P99, g.TTFTMs.P50)
 	}

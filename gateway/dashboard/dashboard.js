@@ -440,6 +440,10 @@
     const rate = num(t.escalation_rate);
     let escSub = fmtInt(t.escalations) + ' escalated · ';
     escSub += target !== null ? 'target ' + fmtPct(target) : 'fixed threshold ' + (num(routing.threshold) === null ? '–' : routing.threshold);
+    if (num(t.cascaded)) {
+      escSub += ' · ' + fmtInt(t.cascaded) + ' answers judged, ' + fmtInt(t.escalations_confidence || 0) +
+        ' escalated on confidence, ' + fmtUSD(t.wasted_usd || 0) + ' of cheap answers discarded';
+    }
     const over = target !== null && rate !== null && req >= 20 && rate > target * 1.2 + 0.01;
     setKPI('kpi-escalation-rate', t.escalation_rate, fmtPct(rate), escSub, over ? 'over' : '');
     setKPI('kpi-cost', t.cost_usd, fmtUSD(t.cost_usd),
