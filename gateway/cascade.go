@@ -100,8 +100,8 @@ func stripEvent(line []byte) []byte {
 func (f *firstAnswer) hold() error {
 	x := f.x
 	h := x.s.cfg.Routing.Cascade.Hold
-	start := x.g.now()
-	defer func() { f.wait = x.g.now().Sub(start) }()
+	start := time.Now() // wall-clock: hold.max_wait is a real wait
+	defer func() { f.wait = time.Since(start) }()
 	var idled atomic.Bool
 	idle := time.AfterFunc(x.s.cfg.Timeouts.StreamIdle, func() { idled.Store(true); f.cut() })
 	defer idle.Stop()
@@ -142,7 +142,7 @@ func (f *firstAnswer) hold() error {
 			}
 			return timedOut(err)
 		}
-		if f.sc.Done || f.sc.Chunks >= h.MaxTokens || x.g.now().Sub(start) >= h.MaxWait {
+		if f.sc.Done || f.sc.Chunks >= h.MaxTokens || time.Since(start) >= h.MaxWait {
 			return nil
 		}
 	}

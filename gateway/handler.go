@@ -118,8 +118,8 @@ func (x *exchange) serve(c *fiber.Ctx, chat bool) (bool, error) {
 	hdr := http.Header{headerRequestID: {x.rec.RequestID}}
 	askUsage := req.Stream && !req.IncludeUsage
 	// One deadline for every first byte of the attempt chain, fallback and
-	// escalation included.
-	deadline := x.start.Add(s.cfg.Timeouts.AttemptsTotal)
+	// escalation included. It is wall-clock time, not the records' clock.
+	deadline := time.Now().Add(s.cfg.Timeouts.AttemptsTotal)
 	up := &backends.Request{Path: path, Header: hdr, Body: upstreamBody(body, askUsage), Deadline: deadline, Stream: req.Stream}
 	first := up // what the router's tier is sent
 	strip := false
