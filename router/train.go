@@ -29,41 +29,52 @@ func (e *Example) Input() *Input {
 
 // LoadExamples reads labelled JSONL files.
 func LoadExamples(paths ...string) ([]Example, error) {
-	var out []Example
+	return ReadLabelled(paths, func(e *Example) (weak, strong int, source *string) { return e.Weak, e.Strong, &e.Source })
+}
+
+// ReadLabelled reads JSONL files of labelled rows of type T, one JSON object
+// a line (blank lines skipped). fields exposes a row's weak and strong
+// labels, which must be 0 or 1, and its source, set to "unknown" when empty.
+// Errors name the file and line.
+func ReadLabelled[T any](paths []string, fields func(*T) (weak, strong int, source *string)) ([]T, error) {
+	var out []T
 	for _, p := range paths {
-		f, err := os.Open(p)
-		if err != nil {
+		if err := readLabelledFile(p, fields, &out); err != nil {
 			return nil, err
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 1<<20), 64<<20)
-		line := 0
-		for sc.Scan() {
-			line++
-			if len(sc.Bytes()) == 0 {
-				continue
-			}
-			var e Example
-			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-				f.Close()
-				return nil, fmt.Errorf("%s:%d: %w", p, line, err)
-			}
-			if (e.Weak != 0 && e.Weak != 1) || (e.Strong != 0 && e.Strong != 1) {
-				f.Close()
-				return nil, fmt.Errorf("%s:%d: weak and strong must be 0 or 1", p, line)
-			}
-			if e.Source == "" {
-				e.Source = "unknown"
-			}
-			out = append(out, e)
-		}
-		err = sc.Err()
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", p, err)
 		}
 	}
 	return out, nil
+}
+
+func readLabelledFile[T any](p string, fields func(*T) (int, int, *string), out *[]T) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for line := 1; sc.Scan(); line++ {
+		if len(sc.Bytes()) == 0 {
+			continue
+		}
+		var r T
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return fmt.Errorf("%s:%d: %w", p, line, err)
+		}
+		weak, strong, src := fields(&r)
+		if (weak != 0 && weak != 1) || (strong != 0 && strong != 1) {
+			return fmt.Errorf("%s:%d: weak and strong must be 0 or 1", p, line)
+		}
+		if *src == "" {
+			*src = "unknown"
+		}
+		*out = append(*out, r)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	return nil
 }
 
 // IsValidation reports whether a prompt belongs to the held-out half for a

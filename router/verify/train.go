@@ -1,13 +1,11 @@
 package verify
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"math"
-	"os"
 	"sort"
 	"strings"
 
@@ -143,41 +141,7 @@ func isBlank(s string) bool {
 
 // LoadRows reads labelled answer JSONL files.
 func LoadRows(paths ...string) ([]Row, error) {
-	var out []Row
-	for _, p := range paths {
-		f, err := os.Open(p)
-		if err != nil {
-			return nil, err
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 1<<20), 64<<20)
-		line := 0
-		for sc.Scan() {
-			line++
-			if len(sc.Bytes()) == 0 {
-				continue
-			}
-			var r Row
-			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-				f.Close()
-				return nil, fmt.Errorf("%s:%d: %w", p, line, err)
-			}
-			if (r.Weak != 0 && r.Weak != 1) || (r.Strong != 0 && r.Strong != 1) {
-				f.Close()
-				return nil, fmt.Errorf("%s:%d: weak and strong must be 0 or 1", p, line)
-			}
-			if r.Source == "" {
-				r.Source = "unknown"
-			}
-			out = append(out, r)
-		}
-		err = sc.Err()
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", p, err)
-		}
-	}
-	return out, nil
+	return router.ReadLabelled(paths, func(r *Row) (weak, strong int, source *string) { return r.Weak, r.Strong, &r.Source })
 }
 
 // IsValidation reports whether a prompt falls in the held-out half for a
