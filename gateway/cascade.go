@@ -93,9 +93,15 @@ func stripEvent(line []byte) []byte {
 	return append(out, '\n')
 }
 
+// maxHeldBytes bounds the events held back from one stream, whatever the
+// backend sends (events without content, huge logprobs): past it the held
+// prefix is judged.
+const maxHeldBytes = 1 << 20
+
 // hold reads the cheapest tier's answer for the verifier: a plain answer
 // whole, a stream until it completes, hold.max_tokens content chunks were
-// read, or hold.max_wait passed (checked at each event). timeouts.stream_idle
+// read, maxHeldBytes were held, or hold.max_wait passed (checked at each
+// event). timeouts.stream_idle
 // bounds every wait for the backend.
 func (f *firstAnswer) hold() error {
 	x := f.x
@@ -142,7 +148,7 @@ func (f *firstAnswer) hold() error {
 			}
 			return timedOut(err)
 		}
-		if f.sc.Done || f.sc.Chunks >= h.MaxTokens || time.Since(start) >= h.MaxWait {
+		if f.sc.Done || f.sc.Chunks >= h.MaxTokens || time.Since(start) >= h.MaxWait || len(f.held) >= maxHeldBytes {
 			return nil
 		}
 	}
